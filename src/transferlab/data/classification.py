@@ -1,0 +1,152 @@
+"""ImageFolder-layout data (`root/{train,val}/<class>/*`) as a LightningDataModule."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from transferlab.data.download import ensure_dataset
+from transferlab.data.images import check_policy, is_image_name, load_rgb, usable_images
+from transferlab.errors import DataError
+from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+
+def train_transform(size: int, mean, std) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(size, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def eval_transform(size: int, mean, std) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(round(size * 256 / 224), antialias=True),
+        v2.CenterCrop(size),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+class LabelledImages(Dataset):
+    def __init__(self, samples: list[tuple[Path, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path)), label
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Train/val ImageFolder splits sharing one class map, taken from train.
+
+    Files are checked once at setup, before any training step (see `transferlab.data.images`
+    for the bad-file policy).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        on_bad_file: str = "error",
+        download_url: str | None = None,
+        download_md5: str | None = None,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        check_policy(on_bad_file)
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mean = tuple(mean or IMAGENET_MEAN)
+        self.std = tuple(std or IMAGENET_STD)
+        self.on_bad_file = on_bad_file
+        self.download_url = download_url
+        self.download_md5 = download_md5
+        self.pin_memory = pin_memory
+        self.classes: list[str] = []
+        self.train_set: LabelledImages | None = None
+        self.val_set: LabelledImages | None = None
+
+    def prepare_data(self) -> None:
+        ensure_dataset(self.root, self.download_url, self.download_md5, splits=("train", "val"))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        ensure_dataset(self.root, None, None, splits=("train", "val"))
+        self.classes = class_folders(self.root / "train")
+        if not self.classes:
+            raise DataError(f"{self.root / 'train'} has no class folders (expected train/<class>/*)")
+        train = self._samples("train")
+        val = self._samples("val")
+        self.train_set = LabelledImages(train, train_transform(self.image_size, self.mean, self.std))
+        self.val_set = LabelledImages(val, eval_transform(self.image_size, self.mean, self.std))
+        log.info(
+            "data %s: %d classes %s, %d train / %d val images",
+            self.root, len(self.classes), self.classes, len(train), len(val),
+        )
+
+    def _samples(self, split: str) -> list[tuple[Path, int]]:
+        split_dir = self.root / split
+        index = {c: i for i, c in enumerate(self.classes)}
+        extra = [c for c in class_folders(split_dir) if c not in index]
+        if extra:
+            raise DataError(
+                f"class folder(s) {extra} in {split_dir} do not exist in {self.root / 'train'}; "
+                f"the class map comes from train: {self.classes}"
+            )
+        samples, ignored = [], []
+        for cls in class_folders(split_dir):
+            files = sorted(p for p in (split_dir / cls).rglob("*") if p.is_file())
+            images = [p for p in files if is_image_name(p)]
+            ignored += [p for p in files if not is_image_name(p) and not p.name.startswith(".")]
+            images = usable_images(images, self.on_bad_file)
+            if not images and split == "train":
+                raise DataError(f"class folder {split_dir / cls} has no usable images")
+            samples += [(p, index[cls]) for p in images]
+        if ignored:
+            log.info(
+                "%s: ignored %d file(s) without an image extension: %s",
+                split, len(ignored), ", ".join(str(p.relative_to(self.root)) for p in ignored[:10]),
+            )
+        if not samples:
+            raise DataError(f"{split_dir} has no usable images")
+        return samples
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

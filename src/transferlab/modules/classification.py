@@ -1,0 +1,98 @@
+import matplotlib
+
+matplotlib.use("Agg")  # figures go to TensorBoard, never to a screen
+
+import matplotlib.pyplot as plt
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from transferlab.models.stages import stage_map
+from transferlab.modules.base import TransferModule
+
+
+class ClassificationModule(TransferModule):
+    """A torchvision classifier with a new head, trained by a freeze strategy.
+
+    Every argument is a primitive or a plain dict of primitives, so `load_from_checkpoint`
+    rebuilds the module without Hydra's config composition.
+    """
+
+    monitor = "val/acc"
+
+    def __init__(
+        self,
+        backbone: dict,
+        num_classes: int,
+        freeze: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        class_names: list[str] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = instantiate(backbone, num_classes=num_classes)
+        self.freeze_strategy = self.build_freeze_strategy(freeze)
+        self.criterion = nn.CrossEntropyLoss()
+        self.train_loss = MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = MaxMetric()
+
+    @property
+    def stages(self):
+        return stage_map(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # forget the sanity check
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_loss(loss)
+        self.train_acc(logits, y)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_loss(self.criterion(logits, y))
+        self.val_acc(logits, y)
+        self.val_f1(logits, y)
+        self.val_confmat(logits, y)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        self.log("val/f1", self.val_f1, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        confmat = self.val_confmat.compute()
+        self.val_confmat.reset()
+        if self.trainer.sanity_checking:
+            return
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_figure"):
+                fig, _ = self.val_confmat.plot(val=confmat.cpu(), labels=self.hparams.class_names)
+                logger.experiment.add_figure("val/confusion_matrix", fig, self.current_epoch)
+                plt.close(fig)
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(dim=1)
+

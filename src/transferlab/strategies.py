@@ -1,0 +1,155 @@
+"""The `freeze` group: which stages train, when, and at what learning rate.
+
+Every stage sits in its own optimizer param group from the first step; a strategy only flips
+`requires_grad` and module mode. Frozen stages run in eval mode, so their BatchNorm keeps its
+running statistics and their Dropout is off (Lightning's `BaseFinetuning.freeze` leaves BN
+training on batch statistics; we reuse its hooks and checkpoint state, not that policy).
+"""
+
+import logging
+
+import lightning as L
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+
+from transferlab.errors import ConfigError
+from transferlab.models.stages import Stages, stage_parameters
+
+log = logging.getLogger(__name__)
+
+HEAD = "head"
+
+
+def is_frozen(modules: list[nn.Module]) -> bool:
+    params = stage_parameters(modules)
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def set_frozen(modules: list[nn.Module], frozen: bool, training: bool) -> None:
+    for p in stage_parameters(modules):
+        p.requires_grad_(not frozen)
+    for m in modules:
+        m.train(training and not frozen)
+
+
+class FreezeStrategy(BaseFinetuning):
+    def __init__(self, backbone_lr_mult: float = 1.0):
+        super().__init__()
+        self.backbone_lr_mult = backbone_lr_mult
+
+    def frozen_stages(self, names: list[str], epoch: int) -> set[str]:
+        raise NotImplementedError
+
+    def lr_multipliers(self, names: list[str]) -> dict[str, float]:
+        return {n: 1.0 if n == HEAD else self.backbone_lr_mult for n in names}
+
+    def validate(self, names: list[str]) -> None:
+        """Raise before training if this strategy cannot work on this stage map."""
+        if HEAD in self.frozen_stages(names, epoch=0):
+            raise ConfigError(f"{type(self).__name__} freezes the head: nothing would train")
+
+    def apply(self, stages: Stages, epoch: int, training: bool) -> list[str]:
+        """Put every stage in the state this epoch wants; return the stages newly unfrozen."""
+        frozen = self.frozen_stages(list(stages), epoch)
+        thawed = [n for n, mods in stages.items() if n not in frozen and is_frozen(mods)]
+        for name, modules in stages.items():
+            set_frozen(modules, name in frozen, training)
+        return thawed
+
+    # Lightning hooks. Freezing waits for on_fit_start, after the strategy has wrapped the model
+    # (DDP registers gradient hooks only for parameters that require grad at wrap time).
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        pass
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self.apply(pl_module.stages, trainer.current_epoch, pl_module.training)
+        table = pl_module.stage_table()
+        log.info("stages (%s, epoch %d):\n%s", type(self).__name__, trainer.current_epoch, table)
+        for logger in trainer.loggers:
+            if hasattr(logger.experiment, "add_text"):
+                logger.experiment.add_text("stages", table.replace("\n", "  \n"), trainer.global_step)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
+        thawed = self.apply(pl_module.stages, epoch, pl_module.training)
+        if thawed:
+            log.info("epoch %d: unfroze %s\n%s", epoch, ", ".join(thawed), pl_module.stage_table())
+
+
+class FeatureExtraction(FreezeStrategy):
+    """Only the new head trains."""
+
+    def frozen_stages(self, names, epoch):
+        return {n for n in names if n != HEAD}
+
+
+class FullFineTune(FreezeStrategy):
+    """Everything trains; the backbone at `backbone_lr_mult` times the head's LR."""
+
+    def frozen_stages(self, names, epoch):
+        return set()
+
+
+class PartialFineTune(FreezeStrategy):
+    """The first `frozen_stages` stages (a count, or a list of stage names) stay frozen."""
+
+    def __init__(self, frozen_stages: int | list[str] = 3, backbone_lr_mult: float = 1.0):
+        super().__init__(backbone_lr_mult)
+        self.frozen = frozen_stages
+
+    def frozen_stages(self, names, epoch):
+        if isinstance(self.frozen, int):
+            return set(names[: self.frozen])
+        return set(self.frozen)
+
+    def validate(self, names):
+        body = [n for n in names if n != HEAD]
+        if isinstance(self.frozen, int):
+            if not 0 <= self.frozen <= len(body):
+                raise ConfigError(
+                    f"freeze.frozen_stages={self.frozen}: this backbone has {len(body)} stages below "
+                    f"the head ({', '.join(body)})"
+                )
+        else:
+            unknown = [n for n in self.frozen if n not in names]
+            if unknown:
+                raise ConfigError(
+                    f"freeze.frozen_stages names unknown stage(s) {unknown}; stages are {names}"
+                )
+        super().validate(names)
+
+
+class GradualUnfreezing(FreezeStrategy):
+    """Head only for `head_epochs`, then one more stage, top-down, every `unfreeze_every` epochs.
+
+    The stage right below the head trains at `backbone_lr_mult` x LR; each deeper stage at a
+    further `stage_lr_decay` times that. The frozen set is a function of the epoch alone, so a
+    run resumed mid-schedule lands in the same state.
+    """
+
+    def __init__(
+        self,
+        head_epochs: int = 3,
+        unfreeze_every: int = 2,
+        backbone_lr_mult: float = 0.1,
+        stage_lr_decay: float = 0.5,
+    ):
+        super().__init__(backbone_lr_mult)
+        if head_epochs < 0 or unfreeze_every < 1:
+            raise ConfigError("freeze.head_epochs must be >= 0 and freeze.unfreeze_every >= 1")
+        self.head_epochs = head_epochs
+        self.unfreeze_every = unfreeze_every
+        self.stage_lr_decay = stage_lr_decay
+
+    def frozen_stages(self, names, epoch):
+        body = [n for n in names if n != HEAD]
+        if epoch < self.head_epochs:
+            return set(body)
+        thawed = 1 + (epoch - self.head_epochs) // self.unfreeze_every
+        return set(body[: max(len(body) - thawed, 0)])
+
+    def lr_multipliers(self, names):
+        body = [n for n in names if n != HEAD]
+        depth = {n: len(body) - i for i, n in enumerate(body)}  # 1 = right below the head
+        mults = {n: self.backbone_lr_mult * self.stage_lr_decay ** (depth[n] - 1) for n in body}
+        return mults | {HEAD: 1.0}

@@ -64,6 +64,8 @@ class FreezeStrategy(BaseFinetuning):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self.apply(pl_module.stages, trainer.current_epoch, pl_module.training)
+        if not trainer.is_global_zero:
+            return
         table = pl_module.stage_table()
         log.info("stages (%s, epoch %d):\n%s", type(self).__name__, trainer.current_epoch, table)
         for logger in trainer.loggers:
@@ -72,7 +74,7 @@ class FreezeStrategy(BaseFinetuning):
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
         thawed = self.apply(pl_module.stages, epoch, pl_module.training)
-        if thawed:
+        if thawed and pl_module.trainer.is_global_zero:
             log.info("epoch %d: unfroze %s\n%s", epoch, ", ".join(thawed), pl_module.stage_table())
 
 

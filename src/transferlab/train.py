@@ -1,6 +1,7 @@
 """`transferlab-train`: the Hydra app that composes data, model, strategy and trainer."""
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -8,13 +9,16 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError
 from transferlab.summary import RunSummary, update_summary
 
 log = logging.getLogger("transferlab")
+
+# Frozen stages sit in eval mode on purpose (BatchNorm statistics stay put, Dropout is off).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 
 
 def config_dir() -> str:
@@ -76,21 +80,23 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             f"model.num_classes={num_classes} but {datamodule.root} has "
             f"{len(datamodule.classes)} classes {datamodule.classes}"
         )
-    model = instantiate(
-        cfg.model,
+    # Plain dicts, not DictConfigs, so checkpoints load anywhere with weights_only=True.
+    model_args = plain(cfg.model)
+    model = get_class(model_args.pop("_target_"))(
+        **model_args | {"num_classes": num_classes},
         backbone=plain(cfg.backbone),
-        num_classes=num_classes,
         freeze=plain(cfg.freeze),
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")),
         class_names=list(datamodule.classes),
-        _recursive_=False,
     )
     init(model.net, cfg.backbone.name)
 
-    summary = RunSummary(run_dir / "summary.json", cfg.monitor, hparams=swept_hparams(cfg))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [summary]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    summary = RunSummary(
+        run_dir / "summary.json", cfg.monitor, cfg.monitor_mode, hparams=swept_hparams(cfg)
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [summary]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule)
     return summary.best

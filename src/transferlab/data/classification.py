@@ -68,6 +68,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int = 2,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        augment: bool = True,
         on_bad_file: str = "error",
         download_url: str | None = None,
         download_md5: str | None = None,
@@ -81,6 +82,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.mean = tuple(mean or IMAGENET_MEAN)
         self.std = tuple(std or IMAGENET_STD)
+        self.augment = augment
         self.on_bad_file = on_bad_file
         self.download_url = download_url
         self.download_md5 = download_md5
@@ -101,7 +103,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise DataError(f"{self.root / 'train'} has no class folders (expected train/<class>/*)")
         train = self._samples("train")
         val = self._samples("val")
-        self.train_set = LabelledImages(train, train_transform(self.image_size, self.mean, self.std))
+        make_train = train_transform if self.augment else eval_transform
+        self.train_set = LabelledImages(train, make_train(self.image_size, self.mean, self.std))
         self.val_set = LabelledImages(val, eval_transform(self.image_size, self.mean, self.std))
         log.info(
             "data %s: %d classes %s, %d train / %d val images",

@@ -1,4 +1,5 @@
 import logging
+import shutil
 from pathlib import Path
 
 from torchvision.datasets.utils import download_and_extract_archive
@@ -25,6 +26,7 @@ def ensure_dataset(root: Path, url: str | None, md5: str | None, splits: tuple[s
     try:
         download_and_extract_archive(url, str(staging), md5=md5, remove_finished=True)
     except Exception as err:  # offline, refused, or a checksum mismatch
+        shutil.rmtree(staging, ignore_errors=True)
         raise DataError(
             f"dataset not found at {root} and downloading {url} failed ({err}). "
             f"Download and unpack it by hand so that {layout} exist, or set data.root."

@@ -113,7 +113,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"(only plain tensors are accepted, never pickled code): {err}"
         ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a Lightning checkpoint
+        # A Lightning checkpoint: the network's tensors sit under the module's `net.` prefix.
+        state = {k.removeprefix("net."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict):
         raise ConfigError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
     return state

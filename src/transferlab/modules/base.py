@@ -61,7 +61,7 @@ class TransferModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         trainable, total = self.parameter_counts()
-        self.log_dict({"params/trainable": float(trainable), "params/total": float(total)})
+        self.log_dict({"params/trainable": float(trainable), "params/total": float(total)}, sync_dist=True)
 
     def stage_table(self) -> str:
         lrs = {}

@@ -81,7 +81,7 @@ class ClassificationModule(TransferModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         confmat = self.val_confmat.compute()
         self.val_confmat.reset()
         if self.trainer.sanity_checking:

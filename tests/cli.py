@@ -1,0 +1,21 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+# A few batches at 64 px on the CPU: enough to exercise every part of a run.
+TINY = [
+    "init=he", "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=3", "data.image_size=64", "data.num_workers=0",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def run_cli(command: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run an installed console script, as a user would."""
+    return subprocess.run(
+        [str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )

@@ -1,0 +1,75 @@
+import json
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cli import TINY, run_cli
+from transferlab.modules.classification import ClassificationModule
+
+
+def test_train_on_real_ants_bees(hymenoptera, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "transferlab-train", *TINY, f"data.root={hymenoptera}", f"hydra.run.dir={run_dir}",
+        "freeze=gradual", "freeze.head_epochs=1", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["monitor"] == "val/acc"
+    assert summary["epochs_completed"] == 2
+    accs = [h["val/acc"] for h in summary["history"]]
+    assert 0.0 <= summary["best"] <= 1.0 and summary["best"] == max(accs)
+    assert summary["best_epoch"] == accs.index(max(accs))
+    assert 0 < summary["params_trainable"] < summary["params_total"]
+
+    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)
+    model = ClassificationModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert model.hparams.class_names == ["ants", "bees"]
+
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert "stages (GradualUnfreezing" in log and "epoch 1: unfroze layer4" in log
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "hp/best",
+            "lr-SGD/head", "lr-SGD/layer4", "params/trainable"} <= scalars
+    assert "val/confusion_matrix" in events.Tags()["images"]
+    assert events.Scalars("hp/best")[-1].value == summary["best"]
+
+
+def test_failure_before_training_is_recorded(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "transferlab-train", *TINY, f"data.root={tmp_path / 'nowhere'}", "data.download_url=null",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path / 'nowhere'}/train" in result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "nowhere" in summary["error"]
+
+
+def test_ddp_inside_a_multirun_is_refused_with_a_clear_message(tmp_path):
+    result = run_cli(
+        "transferlab-train", "-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "cannot run inside a Hydra multirun" in result.stderr
+    assert "ddp_spawn" in result.stderr
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(hymenoptera, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "transferlab-train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        f"data.root={hymenoptera}", f"hydra.run.dir={run_dir}", "data.image_size=32",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
+    assert not list(tmp_path.glob("outputs"))  # the second rank did not start a run of its own

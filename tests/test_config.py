@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from transferlab.models.backbones import classification_models
+from transferlab.strategies import FreezeStrategy
+from transferlab.train import config_dir
+
+CONF = Path(config_dir())
+GROUPS = ["task", "data", "backbone", "init", "freeze", "optimizer", "scheduler", "trainer",
+          "logger", "callbacks", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(tmp_path, overrides: list[str]):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_the_public_groups_and_options_exist():
+    assert set(GROUPS) <= {p.name for p in CONF.iterdir() if p.is_dir()}
+    assert {"pretrained", "he", "default"} <= set(options("init"))
+    assert {"feature_extraction", "full", "partial", "gradual"} <= set(options("freeze"))
+    assert {"default", "cpu", "gpu", "ddp"} <= set(options("trainer"))
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={o}" for g in GROUPS for o in options(g)], ids=lambda s: s
+)
+def test_every_option_composes_and_instantiates(tmp_path, override, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_DATA_DIR", str(tmp_path / "datasets"))
+    extra = ["data.root=/my/images"] if override == "data=image_folder" else []
+    cfg = composed(tmp_path, [override, *extra])
+    assert cfg.backbone.name in classification_models()
+    assert isinstance(instantiate(cfg.freeze), FreezeStrategy)
+    instantiate(cfg.init)
+    instantiate(cfg.data)
+    assert cfg.optimizer.lr > 0
+    if override.startswith("trainer=") and override not in ("trainer=gpu", "trainer=ddp"):
+        instantiate(cfg.trainer)
+    for part in ("callbacks", "logger"):
+        for c in (cfg.get(part) or {}).values():
+            instantiate(c)
+
+
+def test_data_root_follows_the_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_DATA_DIR", "/somewhere/datasets")
+    assert composed(tmp_path, []).data.root == "/somewhere/datasets/hymenoptera"
+
+
+def test_any_trainer_flag_can_be_overridden(tmp_path):
+    cfg = composed(tmp_path, ["trainer.devices=4", "trainer.limit_train_batches=3",
+                              "trainer.precision=bf16-mixed"])
+    assert (cfg.trainer.devices, cfg.trainer.limit_train_batches) == (4, 3)
+
+
+def test_experiment_reproduces_seed_settings(tmp_path):
+    cfg = composed(tmp_path, ["experiment=ants_bees_vgg16_feature_extraction"])
+    assert cfg.backbone.name == "vgg16" and cfg.freeze.frozen_stages == 5
+    assert cfg.trainer.max_epochs == 12 and cfg.optimizer.momentum == 0.9

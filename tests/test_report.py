@@ -1,0 +1,282 @@
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from transferlab.report import build_report, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEFAULT_CHOICES = {"init": "pretrained", "freeze": "full", "backbone": "resnet18",
+                   "data": "hymenoptera"}
+
+
+def summary(best, *, monitor="val/acc", status="completed", error=None, best_epoch=1,
+            curve=(0.5, 0.7, 0.6), epoch_time=2.0, params=(100, 1000), memory=None):
+    history = [{"epoch": i, "time_s": epoch_time, monitor: v, "train/loss": 1.0 / (i + 1)}
+               for i, v in enumerate(curve)]
+    return {
+        "monitor": monitor, "best": best, "best_epoch": best_epoch,
+        "epochs_completed": len(history), "status": status, "error": error,
+        "metrics": {monitor: curve[-1]} if curve else {},
+        "time_per_epoch_s": epoch_time if history else None,
+        "time_total_s": epoch_time * len(history),
+        "params_trainable": params[0], "params_total": params[1],
+        "peak_memory": memory or {"cpu_rss_mb": 1000.0}, "history": history, "hparams": {},
+    }
+
+
+def make_job(sweep: Path, num: int, overrides: list[str], data: dict | None,
+             choices: dict | None = None) -> Path:
+    """A job dir as Hydra and transferlab-train leave it; data=None: no summary.json."""
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    choices = {**DEFAULT_CHOICES, **(choices or {})}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in choices:
+            choices[key] = value
+    monitor = (data or {}).get("monitor", "val/acc")
+    config = {"seed": 0, "monitor": monitor, "backbone": {"name": choices["backbone"]}}
+    OmegaConf.save(OmegaConf.create(config), job / ".hydra/config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra/overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}),
+                   job / ".hydra/hydra.yaml")
+    if data is not None:
+        (job / "summary.json").write_text(json.dumps(data))
+    return job
+
+
+# configuration -> per-seed (best, best_epoch, time per epoch, peak cpu MB)
+RESULTS = {
+    "freeze=full, init=he": [(0.71, 3, 2.0, 900.0), (0.75, 2, 2.2, 950.0), (0.69, 4, 2.1, 920.0)],
+    "freeze=full, init=pretrained": [(0.91, 1, 1.9, 1100.0), (0.93, 2, 2.0, 1200.0),
+                                     (0.90, 1, 2.1, 1150.0)],
+    "freeze=partial, init=pretrained": [(0.85, 2, 1.0, 700.0), (0.88, 3, 1.1, 650.0)],
+}
+
+
+def write_sweep(sweep: Path) -> None:
+    num = 0
+    for name, seeds in RESULTS.items():
+        overrides = name.split(", ")
+        for seed, (best, epoch, t, mem) in enumerate(seeds):
+            data = summary(best, best_epoch=epoch, epoch_time=t, memory={"cpu_rss_mb": mem},
+                           curve=(best - 0.2, best, best - 0.05))
+            make_job(sweep, num, [*overrides, f"seed={seed}"], data)
+            num += 1
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    path = tmp_path / "outputs/multirun/2026-01-02/10-00-00"
+    write_sweep(path)
+    return path
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open() as f:
+        return {row["configuration"]: row for row in csv.DictReader(f)}
+
+
+def test_means_and_stds_match_the_summary_files(sweep):
+    result = build_report(sweep, plots=False)
+    table = read_csv(sweep / "report.csv")
+    assert set(table) == set(RESULTS)
+    for name, seeds in RESULTS.items():
+        bests = [s[0] for s in seeds]
+        row = table[name]
+        assert int(row["n_seeds"]) == len(seeds)
+        assert int(row["n_failed"]) == int(row["n_unfinished"]) == 0
+        assert float(row["best_mean"]) == pytest.approx(statistics.mean(bests))
+        assert float(row["best_std"]) == pytest.approx(statistics.stdev(bests))
+        assert float(row["best_epoch_mean"]) == pytest.approx(statistics.mean(s[1] for s in seeds))
+        assert float(row["time_per_epoch_s"]) == pytest.approx(statistics.mean(s[2] for s in seeds))
+        assert float(row["time_total_s"]) == pytest.approx(3 * statistics.mean(s[2] for s in seeds))
+        assert float(row["peak_cpu_rss_mb"]) == max(s[3] for s in seeds)
+        assert (row["params_trainable"], row["params_total"]) == ("100", "1000")
+    assert result.monitor == "val/acc" and result.mode == "max"
+    assert not result.problems
+    assert not list(sweep.glob("*.png"))
+
+
+def test_rows_sorted_best_first_with_he_baseline_and_differences(sweep):
+    result = build_report(sweep, plots=False)
+    means = {n: statistics.mean(s[0] for s in seeds) for n, seeds in RESULTS.items()}
+    assert [r.configuration for r in result.rows] == sorted(means, key=means.get, reverse=True)
+
+    table = read_csv(sweep / "report.csv")
+    he = "freeze=full, init=he"
+    assert table[he]["is_baseline"] == "1" and table[he]["diff_vs_baseline"] == ""
+    for name in set(RESULTS) - {he}:
+        assert table[name]["is_baseline"] == "0"
+        assert float(table[name]["diff_vs_baseline"]) == pytest.approx(means[name] - means[he])
+        assert table[name]["baseline"] == he
+
+    md = (sweep / "report.md").read_text()
+    assert f"| {he} **(baseline)** |" in md
+    assert "Failed or unfinished" not in md
+
+
+def test_failed_unfinished_and_missing_jobs_are_listed(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["init=he", "seed=0"], summary(0.7))
+    make_job(sweep, 1, ["init=he", "seed=1"],
+             summary(0.6, status="failed", error="RuntimeError: CUDA out of memory"))
+    make_job(sweep, 2, ["init=pretrained", "seed=0"], summary(0.9))
+    make_job(sweep, 3, ["init=pretrained", "seed=1"], summary(0.8, status="running"))
+    make_job(sweep, 4, ["init=default", "seed=0"], None)
+    # What train.main writes when a run fails before the trainer starts.
+    make_job(sweep, 5, ["init=default", "seed=1"],
+             {"monitor": "val/acc", "status": "failed", "error": "DataError: no images"})
+
+    result = build_report(sweep, plots=False)
+    statuses = {j.path.name: j.status for j in result.problems}
+    assert statuses == {"1": "failed", "3": "unfinished", "4": "missing", "5": "failed"}
+
+    table = read_csv(sweep / "report.csv")
+    assert table["init=he"]["n_seeds"] == "1" and table["init=he"]["n_failed"] == "1"
+    assert float(table["init=he"]["best_mean"]) == 0.7 and table["init=he"]["best_std"] == ""
+    assert table["init=pretrained"]["n_unfinished"] == "1"
+    assert float(table["init=pretrained"]["best_mean"]) == 0.9
+    # Every job of this configuration failed: it is still a row, with nothing to average.
+    assert table["init=default"]["n_seeds"] == "0"
+    assert (table["init=default"]["n_failed"], table["init=default"]["n_unfinished"]) == ("1", "1")
+    assert table["init=default"]["best_mean"] == table["init=default"]["diff_vs_baseline"] == ""
+    assert [r.configuration for r in result.rows][-1] == "init=default"
+
+    md = (sweep / "report.md").read_text()
+    problems = md.split("## Failed or unfinished jobs")[1]
+    assert "| 1 | init=he | failed | RuntimeError: CUDA out of memory |" in problems
+    assert "| 3 | init=pretrained | unfinished |" in problems
+    assert "| 4 | init=default | missing | no summary.json" in problems
+    assert "| 5 | init=default | failed | DataError: no images |" in problems
+
+
+def test_damaged_files_are_reported_not_fatal(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["init=he", "seed=0"], summary(0.7))
+    torn = make_job(sweep, 1, ["init=he", "seed=1"], None) / "summary.json"
+    torn.write_text('{"status": "runn')
+    make_job(sweep, 2, ["init=he", "seed=2"], summary(None))  # completed, monitor never logged
+    (make_job(sweep, 3, ["init=he", "seed=3"], summary(0.9)) / ".hydra/overrides.yaml").write_text(
+        "- [unclosed"
+    )
+    result = build_report(sweep, plots=False)
+    problems = {j.path.name: (j.status, j.error) for j in result.problems}
+    assert problems["1"][0] == "unreadable" and "summary.json" in problems["1"][1]
+    assert problems["2"] == ("completed", "no value of val/acc was recorded")
+    # Without readable overrides the job is named by its Hydra choices; its result still counts.
+    rows = {r.configuration: len(r.ok_jobs) for r in result.rows}
+    assert rows.pop("init=he") == 1
+    assert list(rows.values()) == [1] and "backbone=resnet18" in next(iter(rows))
+
+
+def test_pngs_are_written(sweep):
+    build_report(sweep)
+    for name in ("curves.png", "best.png", "tradeoff.png"):
+        data = (sweep / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE, name
+        assert len(data) > 5000, name
+        assert f"]({name})" in (sweep / "report.md").read_text()
+
+
+def test_pngs_are_written_when_nothing_completed(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["init=he", "seed=0"], summary(None, status="failed", error="boom"))
+    result = build_report(sweep)
+    assert [len(r.ok_jobs) for r in result.rows] == [0]
+    for name in ("curves.png", "best.png", "tradeoff.png"):
+        assert (sweep / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_several_he_rows_each_compared_with_the_closest(tmp_path):
+    sweep = tmp_path / "sweep"
+    bests = {"freeze=full, init=he": 0.6, "freeze=partial, init=he": 0.5,
+             "freeze=full, init=pretrained": 0.9, "freeze=partial, init=pretrained": 0.8}
+    for num, (name, best) in enumerate(bests.items()):
+        make_job(sweep, num, [*name.split(", "), "seed=0"], summary(best))
+    build_report(sweep, plots=False)
+    table = read_csv(sweep / "report.csv")
+    assert {n for n, r in table.items() if r["is_baseline"] == "1"} == {
+        "freeze=full, init=he", "freeze=partial, init=he"}
+    full, partial = table["freeze=full, init=pretrained"], table["freeze=partial, init=pretrained"]
+    assert full["baseline"] == "freeze=full, init=he"
+    assert float(full["diff_vs_baseline"]) == pytest.approx(0.9 - 0.6)
+    assert partial["baseline"] == "freeze=partial, init=he"
+    assert float(partial["diff_vs_baseline"]) == pytest.approx(0.8 - 0.5)
+
+
+def test_loss_monitor_sorts_ascending(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (name, best) in enumerate({"init=he": 0.4, "init=pretrained": 0.1,
+                                        "init=default": 0.7}.items()):
+        make_job(sweep, num, [name, "seed=0"], summary(best, monitor="val/loss", curve=(1.0, best)))
+    result = build_report(sweep, plots=False)
+    assert result.mode == "min"
+    assert [r.configuration for r in result.rows] == ["init=pretrained", "init=he", "init=default"]
+    assert result.rows[0].diff == pytest.approx(0.1 - 0.4)  # negative: better than He for a loss
+
+
+def test_seed_only_jobs_are_named_by_their_choices(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["seed=0"], summary(0.8))
+    make_job(sweep, 1, ["seed=1"], summary(0.9))
+    make_job(sweep, 2, ["seed=0"], summary(0.5), choices={"init": "he"})
+    result = build_report(sweep, plots=False)
+    rows = {r.configuration: r for r in result.rows}
+    assert result.common == {"backbone": "resnet18", "freeze": "full"}
+    assert set(rows) == {"init=pretrained", "init=he"}
+    assert len(rows["init=pretrained"].ok_jobs) == 2
+    assert rows["init=he"].is_baseline
+
+
+def test_overrides_shared_by_every_job_are_stated_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    common = ["trainer.max_epochs=3", "data.root=/data/x"]
+    make_job(sweep, 0, ["init=he", *common, "seed=0"], summary(0.6))
+    make_job(sweep, 1, ["init=he", *common, "seed=1"], summary(0.7))
+    make_job(sweep, 2, ["init=pretrained", *common, "seed=0"], summary(0.9))
+    result = build_report(sweep, plots=False)
+    assert [r.configuration for r in result.rows] == ["init=pretrained", "init=he"]
+    assert "Common to all jobs: `data.root=/data/x, trainer.max_epochs=3`." in result.markdown
+
+    # A sweep over seeds only keeps the full name: there is nothing else to call it.
+    single = tmp_path / "single"
+    for seed in range(2):
+        make_job(single, seed, ["init=he", *common, f"seed={seed}"], summary(0.6))
+    (row,) = build_report(single, plots=False).rows
+    assert row.configuration == "data.root=/data/x, init=he, trainer.max_epochs=3"
+    assert len(row.ok_jobs) == 2 and row.is_baseline
+
+
+def test_main_defaults_to_the_latest_sweep(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "outputs/multirun"
+    for stamp in ("2026-01-01/23-59-59", "2026-01-02/09-00-00"):
+        make_job(root / stamp, 0, ["init=he", "seed=0"], summary(0.5))
+    latest = root / "2026-01-02/11-30-00"
+    write_sweep(latest)
+    monkeypatch.chdir(tmp_path)
+
+    assert main([]) == 0
+    assert (latest / "report.md").is_file() and (latest / "report.csv").is_file()
+    assert not (root / "2026-01-02/09-00-00/report.md").exists()
+    out = capsys.readouterr().out
+    assert "| configuration | n |" in out and "freeze=partial, init=pretrained" in out
+
+
+def test_main_explicit_dir_and_clear_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    assert "no sweep found" in capsys.readouterr().err
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["empty"]) == 2
+    assert "no job dirs" in capsys.readouterr().err
+
+    make_job(tmp_path / "mine", 0, ["init=he", "seed=0"], summary(0.5))
+    assert main(["mine"]) == 0
+    assert (tmp_path / "mine/report.md").is_file()

@@ -1,0 +1,60 @@
+import pytest
+import torch
+from torch import nn
+
+from helpers import STRATEGY, classifier_module, quiet_trainer, random_loader
+from transferlab.errors import ConfigError
+from transferlab.strategies import GradualUnfreezing, is_frozen
+
+FAMILIES = [
+    "resnet18", "vgg11_bn", "alexnet", "mobilenet_v3_small",
+    "efficientnet_b0", "densenet121", "convnext_tiny",
+]
+GRADUAL = {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1, "unfreeze_every": 1}
+STRATEGIES = {
+    "feature_extraction": ({"_target_": STRATEGY + "FeatureExtraction"}, lambda body: body),
+    "full": ({"_target_": STRATEGY + "FullFineTune", "backbone_lr_mult": 0.1}, lambda body: []),
+    "partial": ({"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 2}, lambda body: body[:2]),
+    # 3 epochs: head only, then the top stage, then the next one.
+    "gradual": (GRADUAL, lambda body: body[:-2]),
+}
+
+
+def state(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": t.detach().clone() for i, m in enumerate(modules) for k, t in m.state_dict().items()}
+
+
+def param_keys(modules: list[nn.Module]) -> list[str]:
+    return [f"{i}.{k}" for i, m in enumerate(modules) for k, _ in m.named_parameters()]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_frozen_means_frozen(family, strategy):
+    freeze, expect_frozen = STRATEGIES[strategy]
+    module = classifier_module(family, freeze)
+    names = list(module.stages)
+    frozen_at_end = set(expect_frozen(names[:-1]))
+    before = {n: state(mods) for n, mods in module.stages.items()}
+
+    # Which mode each stage's layers ran in during training steps (Dropout and BN care).
+    modes: dict[str, set[bool]] = {n: set() for n in names}
+    for name, mods in module.stages.items():
+        for sub in (s for m in mods for s in m.modules()):
+            sub.register_forward_pre_hook(lambda mod, args, n=name: modes[n].add(mod.training))
+
+    epochs = 3 if strategy == "gradual" else 2
+    quiet_trainer(max_epochs=epochs, limit_val_batches=0).fit(module, random_loader(n=2, batch_size=2))
+
+    for name, mods in module.stages.items():
+        after = state(mods)
+        if name in frozen_at_end:
+            assert is_frozen(mods)
+            moved = [k for k in after if not torch.equal(before[name][k], after[k])]
+            assert not moved, f"frozen {name}: {moved} changed (weights or BN statistics)"
+            assert modes[name] == {False}, f"frozen {name} ran in training mode"
+        else:
+            keys = param_keys(mods)
+            still = [k for k in keys if torch.equal(before[name][k], after[k])]
+            assert not still, f"trainable {name}: {still} did not change"
+            assert True in modes[name]

@@ -40,12 +40,15 @@ def device_count(trainer_cfg: DictConfig) -> int:
     return int(devices)
 
 
-def check_multirun_strategy(cfg: DictConfig, mode: RunMode) -> None:
+def check_multirun_strategy(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
     """Lightning's `ddp` starts the other ranks by re-running the command line; under `-m` that
-    re-runs the whole sweep in every rank. Spawned ranks do not re-run anything."""
+    re-runs the whole sweep in every rank. Spawned ranks, and ranks that SLURM starts (the
+    submitit launcher), re-run nothing."""
     processes = device_count(cfg.trainer) * int(cfg.trainer.get("num_nodes", 1))
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if mode == RunMode.MULTIRUN and processes > 1 and not ("spawn" in strategy or "fork" in strategy):
+    relaunches = not ("spawn" in strategy or "fork" in strategy)
+    by_cluster = "submitit" in str(hydra_cfg.launcher.get("_target_", ""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and processes > 1 and relaunches and not by_cluster:
         raise ConfigError(
             f"trainer.strategy={strategy} with {processes} processes cannot run inside a Hydra "
             "multirun (-m): it re-executes the command line, which would start the sweep again in "
@@ -65,7 +68,7 @@ def swept_hparams(cfg: DictConfig) -> dict:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    check_multirun_strategy(cfg, HydraConfig.get().mode)
+    check_multirun_strategy(cfg, HydraConfig.get())
     L.seed_everything(cfg.seed, workers=True)
 
     init = instantiate(cfg.init)

@@ -70,3 +70,14 @@ def test_experiment_reproduces_seed_settings(tmp_path):
     cfg = composed(tmp_path, ["experiment=ants_bees_vgg16_feature_extraction"])
     assert cfg.backbone.name == "vgg16" and cfg.freeze.frozen_stages == 5
     assert cfg.trainer.max_epochs == 12 and cfg.optimizer.momentum == 0.9
+
+
+def test_parallel_launcher_config_composes(tmp_path):
+    cfg = composed(tmp_path, ["hydra/launcher=parallel"])
+    assert "joblib" in cfg.hydra.launcher._target_.lower() and cfg.hydra.launcher.n_jobs == 2
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = composed(tmp_path, ["hydra/launcher=slurm", "trainer=ddp"])
+    assert cfg.hydra.launcher.tasks_per_node == 2

@@ -10,6 +10,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -28,6 +29,9 @@ def load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
+        elif img.mode.startswith("I"):
+            # 16-bit greyscale: PIL's own conversion clips everything above 255 to white
+            img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().astype(np.uint8))
         return img.convert("RGB")
 
 

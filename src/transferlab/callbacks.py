@@ -20,3 +20,14 @@ class NonFiniteLossGuard(Callback):
                 f"{trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else 'none'}."
                 " Lower optimizer.lr, or check the data."
             )
+
+
+class EpochSeed(Callback):
+    """Reseeds the global random streams (dropout, anything not seeded per sample) at every epoch
+    from (seed, epoch), so a run resumed at epoch k continues exactly like an uninterrupted one."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        L.seed_everything(self.seed * 1000 + trainer.current_epoch, verbose=False)

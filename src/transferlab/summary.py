@@ -46,10 +46,13 @@ class RunSummary(Callback):
         self._fit_start = 0.0
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "history": self.history}
+        return {"best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                "hparams": self.hparams}
 
     def load_state_dict(self, state: dict) -> None:
+        # A resumed run keeps the settings the run was started with.
         self.best, self.best_epoch, self.history = state["best"], state["best_epoch"], state["history"]
+        self.hparams = state["hparams"]
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra) -> None:
         if not trainer.is_global_zero:

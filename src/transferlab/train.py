@@ -10,12 +10,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from transferlab.callbacks import EpochSeed
 from transferlab.errors import ConfigError
 from transferlab.summary import RunSummary, update_summary
 
 log = logging.getLogger("transferlab")
+
+OmegaConf.register_new_resolver(
+    "unless_resuming", lambda resume, value: None if resume else value, replace=True
+)
 
 # Frozen stages sit in eval mode on purpose (BatchNorm statistics stay put, Dropout is off).
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -67,7 +73,24 @@ def swept_hparams(cfg: DictConfig) -> dict:
     return {k: str(v) if v is None else v for k, v in params.items()}
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float | None:
+def restore_run(run_dir: Path) -> tuple[DictConfig, Path]:
+    """The saved config and last checkpoint of a run to continue."""
+    others = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    if others:
+        raise ConfigError(
+            f"resume restores the run's saved config; drop the other overrides {others} "
+            "(start a new run to change settings)"
+        )
+    saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not saved.is_file():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there, so it is not a transferlab run dir")
+    if not last.is_file():
+        raise ConfigError(f"resume={run_dir}: {last} does not exist; the run never finished an epoch")
+    log.info("resuming %s from %s", run_dir, last)
+    return OmegaConf.load(saved), last
+
+
+def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float | None:
     check_multirun_strategy(cfg, HydraConfig.get())
     L.seed_everything(cfg.seed, workers=True)
 
@@ -98,22 +121,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     summary = RunSummary(
         run_dir / "summary.json", cfg.monitor, cfg.monitor_mode, hparams=swept_hparams(cfg)
     )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [summary]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += [summary, EpochSeed(cfg.seed)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     return summary.best
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     try:
-        return train(cfg, run_dir)
+        ckpt_path = None
+        if cfg.get("resume"):
+            cfg, ckpt_path = restore_run(run_dir)
+        elif rank_zero_only.rank == 0:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg))
+        return train(cfg, run_dir, ckpt_path)
     except BaseException as err:
         # The trainer records failures it sees; this catches the ones before it (bad data, config).
-        if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0:
             update_summary(
                 run_dir / "summary.json",
                 monitor=cfg.get("monitor"),

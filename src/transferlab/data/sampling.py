@@ -1,0 +1,56 @@
+"""Training randomness as a function of (seed, epoch, sample).
+
+Shuffling order and every augmentation draw depend only on these three numbers, never on how
+much of a global random stream came before: a run resumed at epoch k sees exactly the batches an
+uninterrupted run sees, whatever the number of DataLoader workers.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def _mix(*numbers: int) -> int:
+    g = torch.Generator().manual_seed(0)
+    for n in numbers:
+        g.manual_seed(int(torch.randint(2**62, (1,), generator=g)) ^ (n & (2**62 - 1)))
+    return int(torch.randint(2**62, (1,), generator=g))
+
+
+class EpochShuffle(Sampler):
+    """A new permutation every epoch; yields (index, epoch) so the dataset can seed the sample.
+
+    The epoch is read when iteration starts (`current_epoch`, e.g. the trainer's), so it is right
+    on the first epoch after a resume and under Lightning's distributed sampler wrapper alike.
+    """
+
+    def __init__(self, size: int, seed: int, current_epoch: Callable[[], int]):
+        self.size = size
+        self.seed = seed
+        self.current_epoch = current_epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        epoch = self.current_epoch()
+        g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        return iter([(i, epoch) for i in torch.randperm(self.size, generator=g).tolist()])
+
+
+class SeededSamples(Dataset):
+    """Runs the wrapped dataset's random transforms under a seed made from (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+            torch.manual_seed(_mix(self.seed, epoch, index))
+            return self.dataset[index]

@@ -13,9 +13,11 @@ TINY = [
 ]
 
 
-def run_cli(command: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    command: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run an installed console script, as a user would."""
     return subprocess.run(
         [str(BIN / command), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
     )

@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import torch
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -61,15 +64,25 @@ def test_ddp_inside_a_multirun_is_refused_with_a_clear_message(tmp_path):
     assert "ddp_spawn" in result.stderr
 
 
-def test_ddp_on_two_cpu_processes_writes_one_run(hymenoptera, tmp_path):
-    run_dir = tmp_path / "run"
+def test_ddp_on_two_cpu_processes_writes_one_run_with_ranks_in_sync(hymenoptera, tmp_path):
+    run_dir, dump = tmp_path / "run", tmp_path / "ranks"
     result = run_cli(
         "transferlab-train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         f"data.root={hymenoptera}", f"hydra.run.dir={run_dir}", "data.image_size=32",
-        cwd=tmp_path,
+        # layer4 thaws after the model is wrapped: its gradients must still be all-reduced
+        "freeze=gradual", "freeze.head_epochs=1", "freeze.unfreeze_every=1",
+        "+callbacks.rank_weights._target_=rank_weights.SaveRankWeights",
+        f"+callbacks.rank_weights.dirpath={dump}",
+        cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
     assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
     assert not list(tmp_path.glob("outputs"))  # the second rank did not start a run of its own
+
+    rank0, rank1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks drifted apart"
+    start = torch.load(run_dir / "checkpoints" / "best-epoch000.ckpt", weights_only=True)
+    layer4 = [k for k in rank0 if k.startswith("net.layer4.") and k.endswith("weight")]
+    assert any(not torch.equal(rank0[k], start["state_dict"][k]) for k in layer4)

@@ -1,0 +1,63 @@
+import json
+import os
+import signal
+import subprocess
+import time
+
+import torch
+
+from cli import BIN, TINY, run_cli
+
+EPOCHS = 5
+ARGS = [
+    *TINY, f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=4",
+    "trainer.deterministic=true", "freeze=gradual", "freeze.head_epochs=1",
+    "freeze.unfreeze_every=1",
+]
+
+
+def summary(run_dir):
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def weights(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def test_killed_run_resumes_in_its_own_dir_and_ends_like_an_uninterrupted_one(hymenoptera, tmp_path):
+    data = f"data.root={hymenoptera}"
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    result = run_cli("transferlab-train", *ARGS, data, f"hydra.run.dir={straight}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Kill -9 in the middle of the gradual-unfreezing schedule, after two epochs.
+    proc = subprocess.Popen(
+        [str(BIN / "transferlab-train"), *ARGS, data, f"hydra.run.dir={killed}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while summary(killed).get("epochs_completed", 0) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = summary(killed)
+    assert interrupted["status"] == "running" and interrupted["epochs_completed"] < EPOCHS
+
+    result = run_cli("transferlab-train", f"resume={killed}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = summary(killed)
+    assert resumed["status"] == "completed"
+    assert [h["epoch"] for h in resumed["history"]] == list(range(EPOCHS))
+    assert not (tmp_path / "outputs").exists(), "resume wrote outside its run dir"
+
+    # Same seed and config on the CPU: identical metrics and weights, killed or not.
+    expected = summary(straight)
+    for key in ("val/acc", "val/loss", "train/loss"):
+        assert [h[key] for h in resumed["history"]] == [h[key] for h in expected["history"]], key
+    a, b = weights(straight), weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -42,16 +43,19 @@ def test_train_on_real_ants_bees(hymenoptera, tmp_path):
     assert events.Scalars("hp/best")[-1].value == summary["best"]
 
 
-def test_failure_before_training_is_recorded(tmp_path):
+@pytest.mark.parametrize("args,message", [
+    (["data.root={tmp}/nowhere", "data.download_url=null"], "{tmp}/nowhere/train"),
+    (["data.root={data}", "model.num_classes=5"], "model.num_classes=5 but"),
+])
+def test_failure_before_training_is_recorded(hymenoptera, tmp_path, args, message):
     run_dir = tmp_path / "run"
-    result = run_cli(
-        "transferlab-train", *TINY, f"data.root={tmp_path / 'nowhere'}", "data.download_url=null",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
-    )
+    args = [a.format(tmp=tmp_path, data=hymenoptera) for a in args]
+    result = run_cli("transferlab-train", *TINY, *args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode != 0
-    assert f"{tmp_path / 'nowhere'}/train" in result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "nowhere" in summary["error"]
+    assert summary["status"] == "failed" and message.format(tmp=tmp_path) in summary["error"]
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_ddp_inside_a_multirun_is_refused_with_a_clear_message(tmp_path):

@@ -1,9 +1,14 @@
 import os
-from pathlib import Path
 
-import pytest
-import torch
-from PIL import Image
+# Two cores shared with other processes: OpenMP's busy-waiting threads slow torch down 5-10x under
+# that contention. Set before torch is imported; the CLI subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 DATA_ENV = "TRANSFERLAB_DATA_DIR"
 

@@ -97,7 +97,13 @@ class Pretrained(DefaultInit):
 
     def __call__(self, net: nn.Module, arch: str) -> None:
         state = self.state_dict(arch)
-        load_matching(net, state, source=self.weights_path or f"{arch} {self.weights}", skip=head_name(net))
+        if hasattr(net, "pretrained_state"):
+            # A network that is no torchvision classifier (the U-Net) maps the weights onto its
+            # own names and says which of its modules start fresh.
+            state, fresh = net.pretrained_state(state)
+        else:
+            fresh = (head_name(net),)
+        load_matching(net, state, source=self.weights_path or f"{arch} {self.weights}", skip=fresh)
         log.info("loaded pretrained weights for %s from %s", arch, self.weights_path or self.weights)
 
 
@@ -120,12 +126,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_matching(net: nn.Module, state: dict[str, torch.Tensor], source: str, skip: str = "") -> None:
-    """Load every tensor of `net` from `state` except the `skip` module (the new head), or fail
+def load_matching(
+    net: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()
+) -> None:
+    """Load every tensor of `net` from `state` except the `skip` modules (the new head), or fail
     naming the keys that do not fit."""
     own = net.state_dict()
-    state = {k: v for k, v in state.items() if not (skip and k.startswith(skip + "."))}
-    missing = [k for k in own if k not in state and not (skip and k.startswith(skip + "."))]
+    skipped = tuple(f"{name}." for name in skip)
+    state = {k: v for k, v in state.items() if not k.startswith(skipped)}
+    missing = [k for k in own if k not in state and not k.startswith(skipped)]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"

@@ -1,0 +1,229 @@
+"""Paired image/mask folders (`root/{train,val}/{images,masks}/<id>.<ext>`) as a LightningDataModule.
+
+Images and masks pair by file stem. Masks become class-id maps: `binary` masks are foreground
+where the pixel value is >= `mask_threshold` (128 suits 0/255 masks, 1 suits 0/1 masks);
+`multiclass` masks hold class ids, or the values that `mask_values` lists in class order.
+"""
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from transferlab.data.images import check_policy, is_image_name, load_rgb, usable_images
+from transferlab.errors import ConfigError, DataError
+from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+MASK_MODES = ("binary", "multiclass")
+Pair = tuple[Path, Path]
+
+
+def train_transform(size: int, mean, std) -> v2.Compose:
+    # v2 applies the geometric transforms to image and tv_tensors.Mask alike (masks nearest,
+    # rotation corners filled with class 0); ColorJitter, ToDtype and Normalize leave masks alone.
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(10),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def eval_transform(size: int, mean, std) -> v2.Compose:
+    # The whole image, squashed to a square: a centre crop would cut off part of the mask.
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize((size, size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+class MaskEncoding:
+    """Reads a mask file into an (H, W) int64 map of class ids."""
+
+    def __init__(self, mode: str, num_classes: int, threshold: int = 128, values: list | None = None):
+        self.mode = mode
+        self.num_classes = num_classes
+        self.threshold = threshold
+        self.values = values
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        with Image.open(path) as mask:
+            if self.mode == "binary":
+                return torch.from_numpy(np.asarray(mask.convert("L")) >= self.threshold).long()
+            pixels = torch.from_numpy(np.array(mask)).long()  # P mode gives palette indices
+        if pixels.ndim != 2:
+            raise DataError(f"mask {path} has {pixels.shape[-1]} channels; class masks must have one")
+        if self.values is None:
+            ids = pixels
+        else:
+            ids = torch.full_like(pixels, -1)
+            for class_id, value in enumerate(self.values):
+                ids[pixels == value] = class_id
+        outside = (ids < 0) | (ids >= self.num_classes)
+        if outside.any():
+            found = pixels[outside].unique()[:10].tolist()
+            expected = self.values if self.values is not None else f"0..{self.num_classes - 1}"
+            raise DataError(f"mask {path} holds pixel values {found} outside the classes ({expected})")
+        return ids
+
+
+class SegmentationPairs(Dataset):
+    def __init__(self, pairs: list[Pair], encode_mask: MaskEncoding, transform):
+        self.pairs = pairs
+        self.encode_mask = encode_mask
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        image_path, mask_path = self.pairs[i]
+        mask = tv_tensors.Mask(self.encode_mask(mask_path)[None])
+        image, mask = self.transform(load_rgb(image_path), mask)
+        return image, mask[0].as_subclass(torch.Tensor)
+
+
+def files_by_stem(folder: Path) -> dict[str, Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+    clashes = [s for s, n in Counter(p.stem for p in files).items() if n > 1]
+    if clashes:
+        same = [str(p) for p in files if p.stem in clashes][:10]
+        raise DataError(f"{folder} has several files per id, so pairing is ambiguous: {same}")
+    return {p.stem: p for p in files}
+
+
+class SegmentationFolderDataModule(L.LightningDataModule):
+    """Train/val image-mask pairs, checked once at setup before any training step: unpaired files
+    and size mismatches are errors naming the file; undecodable files follow `on_bad_file`."""
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        augment: bool = True,
+        mask_mode: str = "binary",
+        mask_threshold: int = 128,
+        mask_values: list[int] | None = None,
+        classes: list[str] | None = None,
+        on_bad_file: str = "error",
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        check_policy(on_bad_file)
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mean = tuple(mean or IMAGENET_MEAN)
+        self.std = tuple(std or IMAGENET_STD)
+        self.augment = augment
+        self.on_bad_file = on_bad_file
+        self.pin_memory = pin_memory
+        self.classes = class_names(mask_mode, classes, mask_values)
+        self.encode_mask = MaskEncoding(
+            mask_mode, len(self.classes), mask_threshold, list(mask_values) if mask_values else None
+        )
+        self.train_set: SegmentationPairs | None = None
+        self.val_set: SegmentationPairs | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val = self._pairs("train"), self._pairs("val")
+        make_train = train_transform if self.augment else eval_transform
+        size, mean, std = self.image_size, self.mean, self.std
+        self.train_set = SegmentationPairs(train, self.encode_mask, make_train(size, mean, std))
+        self.val_set = SegmentationPairs(val, self.encode_mask, eval_transform(size, mean, std))
+        log.info(
+            "data %s: classes %s, %d train / %d val image-mask pairs",
+            self.root, self.classes, len(train), len(val),
+        )
+
+    def _pairs(self, split: str) -> list[Pair]:
+        image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
+        if not (image_dir.is_dir() and mask_dir.is_dir()):
+            raise DataError(
+                f"dataset not found: expected {image_dir}/<id>.png and {mask_dir}/<id>.png. Put the "
+                "data there, or point data.root (or TRANSFERLAB_DATA_DIR) at it."
+            )
+        images, masks = files_by_stem(image_dir), files_by_stem(mask_dir)
+        unpaired = [f"image without a mask: {images[s]}" for s in sorted(images.keys() - masks.keys())]
+        unpaired += [f"mask without an image: {masks[s]}" for s in sorted(masks.keys() - images.keys())]
+        if unpaired:
+            raise DataError(
+                f"{len(unpaired)} unpaired file(s) in {self.root / split} (pairs share a file name "
+                "stem):\n  " + "\n  ".join(unpaired[:20])
+            )
+        stems = sorted(images)
+        image_ok = set(usable_images([images[s] for s in stems], self.on_bad_file))
+        mask_ok = set(usable_images([masks[s] for s in stems], self.on_bad_file))
+        pairs = [(images[s], masks[s]) for s in stems if images[s] in image_ok and masks[s] in mask_ok]
+        check_sizes(pairs)
+        if not pairs:
+            raise DataError(f"{self.root / split} has no usable image-mask pairs")
+        return pairs
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+def class_names(mask_mode: str, classes: list[str] | None, mask_values: list[int] | None) -> list[str]:
+    if mask_mode not in MASK_MODES:
+        raise ConfigError(f"data.mask_mode={mask_mode!r}; choose one of {MASK_MODES}")
+    if mask_mode == "binary":
+        classes = list(classes or ["background", "foreground"])
+        if len(classes) != 2:
+            raise ConfigError(f"data.mask_mode=binary needs two class names, got {classes}")
+        return classes
+    if classes is None and mask_values is None:
+        raise ConfigError(
+            "data.mask_mode=multiclass needs data.classes (one name per class id) or data.mask_values"
+        )
+    classes = list(classes or [f"class_{v}" for v in mask_values])
+    if mask_values is not None and len(mask_values) != len(classes):
+        raise ConfigError(
+            f"data.mask_values {list(mask_values)} and data.classes {classes} differ in length"
+        )
+    return classes
+
+
+def check_sizes(pairs: list[Pair]) -> None:
+    mismatched = []
+    for image_path, mask_path in pairs:
+        with Image.open(image_path) as image, Image.open(mask_path) as mask:
+            if image.size != mask.size:
+                mismatched.append(f"{mask_path} is {mask.size[0]}x{mask.size[1]}, "
+                                  f"its image {image.size[0]}x{image.size[1]}")
+    if mismatched:
+        raise DataError("mask size differs from its image:\n  " + "\n  ".join(mismatched[:20]))

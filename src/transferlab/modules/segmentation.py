@@ -1,0 +1,166 @@
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.segmentation import DiceScore, MeanIoU
+from torchvision.utils import draw_segmentation_masks, make_grid
+
+from transferlab.errors import ConfigError
+from transferlab.modules.base import TransferModule
+
+LOSSES = ("auto", "cross_entropy", "bce_dice")
+OVERLAY_TAG = "val/overlay_truth_top_prediction_bottom"
+OVERLAY_COLORS = ["lime", "red", "blue", "yellow", "magenta", "cyan", "orange", "purple"]
+
+
+class BCEDiceLoss(nn.Module):
+    """Binary cross-entropy plus soft Dice (per image, then averaged) on one foreground logit.
+    Dice keeps the small-structure pixels from being outvoted by the background."""
+
+    def __init__(self, smooth: float = 1.0):
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits[:, 0], target.float()
+        prob = logits.sigmoid().flatten(1)
+        truth = target.flatten(1)
+        overlap = (prob * truth).sum(1)
+        dice = (2 * overlap + self.smooth) / (prob.sum(1) + truth.sum(1) + self.smooth)
+        return self.bce(logits, target) + (1 - dice).mean()
+
+
+class SegmentationModule(TransferModule):
+    """A U-Net style network trained by a freeze strategy, scored by Dice and IoU per class.
+
+    `loss=bce_dice` (what `auto` picks for two classes) gives the network one foreground logit;
+    `cross_entropy` gives it one logit per class. Either way predictions, metrics and
+    `predict_step` probabilities cover all `num_classes` classes. Every argument is a primitive or
+    a plain dict, so `load_from_checkpoint` works without Hydra.
+    """
+
+    monitor = "val/dice"
+
+    def __init__(
+        self,
+        backbone: dict,
+        num_classes: int,
+        freeze: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        class_names: list[str] | None = None,
+        loss: str = "auto",
+        logged_images: int = 4,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.binary = binary_loss(loss, num_classes)
+        self.net = instantiate(backbone, num_classes=1 if self.binary else num_classes)
+        if not callable(getattr(self.net, "stages", None)):
+            raise ConfigError(
+                f"backbone {backbone.get('name')!r} builds a {type(self.net).__name__}, not a "
+                "segmentation network; use a segmentation backbone such as backbone=unet_vgg16_bn"
+            )
+        self.freeze_strategy = self.build_freeze_strategy(freeze)
+        self.criterion = BCEDiceLoss() if self.binary else nn.CrossEntropyLoss()
+        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+        self.train_loss = MeanMetric()
+        self.train_dice = DiceScore(num_classes, average="macro", input_format="index")
+        self.val_loss = MeanMetric()
+        self.val_dice = DiceScore(num_classes, average="none", input_format="index")
+        self.val_iou = MeanIoU(num_classes, per_class=True, input_format="index")
+        self.val_dice_best = MaxMetric()
+        self._shown: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def stages(self):
+        return self.net.stages()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            foreground = logits.sigmoid()
+            return torch.cat([1 - foreground, foreground], dim=1)
+        return logits.softmax(dim=1)
+
+    def labels(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, 0] > 0).long() if self.binary else logits.argmax(dim=1)
+
+    def on_train_start(self) -> None:
+        self.val_dice_best.reset()  # forget the sanity check
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_loss(loss)
+        self.train_dice(self.labels(logits.detach()), y)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        predicted = self.labels(logits)
+        self.val_loss(self.criterion(logits, y))
+        self.val_dice(predicted, y)
+        self.val_iou(predicted, y)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        if batch_idx == 0:
+            n = self.hparams.logged_images
+            self._shown = (x[:n].cpu(), y[:n].cpu(), predicted[:n].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        dice = self.val_dice.compute()
+        iou = self.val_iou.compute().float()
+        iou[iou < 0] = float("nan")  # MeanIoU marks classes seen in no image with -1
+        self.val_dice.reset()
+        self.val_iou.reset()
+        mean_dice = dice.nanmean()  # classes absent from every val image and prediction are NaN
+        self.val_dice_best(mean_dice)
+        self.log_dict({"val/dice": mean_dice, "val/dice_best": self.val_dice_best.compute()},
+                      prog_bar=True, sync_dist=True)
+        per_class = {"val/iou": iou.nanmean()}
+        for name, class_dice, class_iou in zip(self.class_names, dice, iou):
+            per_class |= {f"val/dice/{name}": class_dice, f"val/iou/{name}": class_iou}
+        self.log_dict(per_class, sync_dist=True)
+        if not self.trainer.sanity_checking and self._shown is not None:
+            self.log_overlays(*self._shown)
+        self._shown = None
+
+    def log_overlays(self, images, truth, predicted) -> None:
+        """One grid: the first val images with the ground truth (top row) and the prediction
+        (bottom row) drawn over them."""
+        rows = [overlay(images, labels, len(self.class_names)) for labels in (truth, predicted)]
+        grid = make_grid(rows[0] + rows[1], nrow=len(images), padding=2)
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image(OVERLAY_TAG, grid, self.current_epoch)
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.probabilities(self(x))
+
+
+def binary_loss(loss: str, num_classes: int) -> bool:
+    if loss not in LOSSES:
+        raise ConfigError(f"model.loss={loss!r}; choose one of {LOSSES}")
+    if loss == "bce_dice" and num_classes != 2:
+        raise ConfigError(f"model.loss=bce_dice is for two classes, this data has {num_classes}")
+    return loss == "bce_dice" or (loss == "auto" and num_classes == 2)
+
+
+def overlay(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    drawn = []
+    for image, label in zip(images, labels):
+        # Each image stretched to 0..255 on its own: no need to know the normalisation.
+        low, high = image.min(), image.max()
+        pixels = ((image - low) / (high - low).clamp_min(1e-8) * 255).to(torch.uint8)
+        masks = label[None] == torch.arange(1, num_classes)[:, None, None]  # background stays bare
+        colors = [OVERLAY_COLORS[i % len(OVERLAY_COLORS)] for i in range(num_classes - 1)]
+        drawn.append(draw_segmentation_masks(pixels, masks, alpha=0.4, colors=colors))
+    return drawn

@@ -7,8 +7,9 @@ uninterrupted run sees, whatever the number of DataLoader workers.
 
 from collections.abc import Callable
 
+import lightning as L
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def _mix(*numbers: int) -> int:
@@ -54,3 +55,35 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
             torch.manual_seed(_mix(self.seed, epoch, index))
             return self.dataset[index]
+
+
+class SeededLoaders(L.LightningDataModule):
+    """DataLoaders for `train_set` / `val_set`: training shuffled and augmented as a function of
+    (seed, epoch, sample), validation in order."""
+
+    seed: int
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+    train_set: Dataset | None
+    val_set: Dataset | None
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochShuffle(len(self.train_set), self.seed, self._current_epoch)
+        return self._loader(SeededSamples(self.train_set, self.seed), sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)

@@ -9,15 +9,15 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from transferlab.data.images import check_policy, is_image_name, load_rgb, usable_images
+from transferlab.data.sampling import SeededLoaders
 from transferlab.errors import ConfigError, DataError
 from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
 
@@ -106,7 +106,7 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
-class SegmentationFolderDataModule(L.LightningDataModule):
+class SegmentationFolderDataModule(SeededLoaders):
     """Train/val image-mask pairs, checked once at setup before any training step: unpaired files
     and size mismatches are errors naming the file; undecodable files follow `on_bad_file`."""
 
@@ -125,8 +125,10 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         classes: list[str] | None = None,
         on_bad_file: str = "error",
         pin_memory: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
+        self.seed = seed
         check_policy(on_bad_file)
         self.root = Path(root).expanduser()
         self.image_size = image_size
@@ -180,22 +182,6 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         if not pairs:
             raise DataError(f"{self.root / split} has no usable image-mask pairs")
         return pairs
-
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
 
 
 def class_names(mask_mode: str, classes: list[str] | None, mask_values: list[int] | None) -> list[str]:

@@ -3,8 +3,7 @@ import torch
 from torch import nn
 
 from helpers import STRATEGY, classifier_module, quiet_trainer, random_loader
-from transferlab.errors import ConfigError
-from transferlab.strategies import GradualUnfreezing, is_frozen
+from transferlab.strategies import is_frozen
 
 FAMILIES = [
     "resnet18", "vgg11_bn", "alexnet", "mobilenet_v3_small",

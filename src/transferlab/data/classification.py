@@ -3,13 +3,13 @@
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import check_policy, is_image_name, load_rgb, usable_images
+from transferlab.data.sampling import SeededLoaders
 from transferlab.errors import DataError
 from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
 
@@ -53,7 +53,7 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SeededLoaders):
     """Train/val ImageFolder splits sharing one class map, taken from train.
 
     Files are checked once at setup, before any training step (see `transferlab.data.images`
@@ -73,8 +73,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         download_url: str | None = None,
         download_md5: str | None = None,
         pin_memory: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
+        self.seed = seed
         check_policy(on_bad_file)
         self.root = Path(root).expanduser()
         self.image_size = image_size
@@ -90,6 +92,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.train_set: LabelledImages | None = None
         self.val_set: LabelledImages | None = None
+        self.cached: dict[str, Dataset] | None = None
 
     def prepare_data(self) -> None:
         ensure_dataset(self.root, self.download_url, self.download_md5, splits=("train", "val"))
@@ -138,18 +141,28 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise DataError(f"{split_dir} has no usable images")
         return samples
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-        )
+    def feature_sources(self, augmented: bool) -> dict[str, LabelledImages]:
+        """The image sets a feature cache encodes: val as always; train through the train
+        transform when `augmented`, else through the val transform (fixed centre crops)."""
+        if augmented:
+            return {"train": self.train_set, "val": self.val_set}
+        fixed = eval_transform(self.image_size, self.mean, self.std)
+        return {"train": LabelledImages(self.train_set.samples, fixed), "val": self.val_set}
+
+    def use_cached(self, sets: dict[str, Dataset] | None) -> None:
+        """Serve these in-memory datasets (split -> dataset) instead of the images; None: images."""
+        self.cached = sets
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        if self.cached:
+            # Cached tensors are already in memory: a worker process would only copy them.
+            return self._seeded_loader(self.cached["train"], num_workers=0)
+        return self._seeded_loader(self.train_set)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        if self.cached:
+            # Validation of a head on cached inputs is one matrix product per batch: large
+            # batches only save per-step overhead (metrics average over images, not batches).
+            batch = max(self.batch_size, 1024)
+            return self._loader(self.cached["val"], batch_size=batch, num_workers=0)
+        return self._loader(self.val_set)

@@ -71,19 +71,26 @@ class SeededLoaders(L.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, sampler: Sampler | None = None, batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> DataLoader:
+        workers = self.num_workers if num_workers is None else num_workers
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=self.pin_memory,
         )
 
+    def _seeded_loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        sampler = EpochShuffle(len(dataset), self.seed, self._current_epoch)
+        return self._loader(SeededSamples(dataset, self.seed), sampler, **kwargs)
+
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffle(len(self.train_set), self.seed, self._current_epoch)
-        return self._loader(SeededSamples(self.train_set, self.seed), sampler)
+        return self._seeded_loader(self.train_set)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

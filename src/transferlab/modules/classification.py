@@ -13,6 +13,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from transferlab.features import head_layers
 from transferlab.models.stages import stage_map
 from transferlab.modules.base import TransferModule
 
@@ -47,6 +48,9 @@ class ClassificationModule(TransferModule):
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
+        # Set while a FeatureCache feeds this fit: batches then hold the head's inputs. A plain
+        # list, so the layers are not registered twice and checkpoints keep their keys.
+        self._cached_input_layers: list[nn.Module] | None = None
 
     @property
     def stages(self):
@@ -55,26 +59,39 @@ class ClassificationModule(TransferModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def use_cached_features(self, on: bool) -> None:
+        self._cached_input_layers = head_layers(self.net) if on else None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """From images, or from cached head inputs while a FeatureCache is on."""
+        if self._cached_input_layers is None:
+            return self(x)
+        for layer in self._cached_input_layers:
+            x = layer(x)
+        return x
+
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        logits = self.logits(x)
         loss = self.criterion(logits, y)
-        self.train_loss(loss)
-        self.train_acc(logits, y)
+        # update(), not __call__: the per-batch values are never logged, and computing them
+        # costs more than a whole step on cached features. Losses average over images.
+        self.train_loss.update(loss.detach(), weight=len(y))
+        self.train_acc.update(logits, y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        self.val_loss(self.criterion(logits, y))
-        self.val_acc(logits, y)
-        self.val_f1(logits, y)
-        self.val_confmat(logits, y)
+        logits = self.logits(x)
+        self.val_loss.update(self.criterion(logits, y), weight=len(y))
+        self.val_acc.update(logits, y)
+        self.val_f1.update(logits, y)
+        self.val_confmat.update(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
         self.log("val/f1", self.val_f1, on_epoch=True)

@@ -1,0 +1,279 @@
+"""Side-by-side timing: the PyTorch tutorial's training loop against transferlab, same data,
+same machine, same seed and initialisation.
+
+    python scripts/bench.py --quick            # a few minutes: 5 epochs at 112 px
+    python scripts/bench.py                    # the real thing: 25 epochs at 224 px
+
+Each run happens in a fresh process, so peak memory and warm-up are its own. transferlab runs
+through `transferlab.train.main`, the function behind the `transferlab-train` command, with the
+command-line overrides a user would type. The table is Markdown; docs/performance.md explains it.
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Everything is imported up front: no run's timing includes importing its libraries.
+import torch
+from torch import nn, optim
+from torchvision import datasets, models, transforms
+
+from transferlab.features import cpu_has_bf16
+from transferlab.models.init import HeInit
+from transferlab.train import main as transferlab_train
+
+TUTORIAL_MEAN, TUTORIAL_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+# ---- the plain loop, as the seeds write it (PyTorch transfer-learning tutorial) -------------
+
+def tutorial_loaders(data: Path, size: int):
+    data_transforms = {
+        "train": transforms.Compose([
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(TUTORIAL_MEAN, TUTORIAL_STD),
+        ]),
+        "val": transforms.Compose([
+            transforms.Resize(round(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(TUTORIAL_MEAN, TUTORIAL_STD),
+        ]),
+    }
+    image_datasets = {x: datasets.ImageFolder(data / x, data_transforms[x]) for x in ["train", "val"]}
+    dataloaders = {
+        x: torch.utils.data.DataLoader(image_datasets[x], batch_size=4, shuffle=True, num_workers=4)
+        for x in ["train", "val"]
+    }
+    return dataloaders, {x: len(image_datasets[x]) for x in ["train", "val"]}
+
+
+def train_model(model, criterion, optimizer, scheduler, dataloaders, sizes, device, num_epochs):
+    epoch_times = []
+    best_model_wts = copy.deepcopy(model.state_dict())
+    best_acc = 0.0
+    for _ in range(num_epochs):
+        start = time.perf_counter()
+        for phase in ["train", "val"]:
+            if phase == "train":
+                model.train()
+            else:
+                model.eval()
+            running_corrects = 0
+            for inputs, labels in dataloaders[phase]:
+                inputs, labels = inputs.to(device), labels.to(device)
+                optimizer.zero_grad()
+                with torch.set_grad_enabled(phase == "train"):
+                    outputs = model(inputs)
+                    _, preds = torch.max(outputs, 1)
+                    loss = criterion(outputs, labels)
+                    if phase == "train":
+                        loss.backward()
+                        optimizer.step()
+                running_corrects += torch.sum(preds == labels.data)
+            if phase == "train":
+                scheduler.step()
+            epoch_acc = running_corrects.double().item() / sizes[phase]
+            if phase == "val" and epoch_acc > best_acc:
+                best_acc = epoch_acc
+                best_model_wts = copy.deepcopy(model.state_dict())
+        epoch_times.append(time.perf_counter() - start)
+    model.load_state_dict(best_model_wts)
+    return best_acc, epoch_times
+
+
+def plain_run(args, fixed_feature_extractor: bool) -> dict:
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    dataloaders, sizes = tutorial_loaders(args.data, args.image_size)
+    # The tutorial asks torchvision for ImageNet weights; here they come from --weights, or
+    # transferlab's init=he. The RNG is drawn in the same order as transferlab's runs draw it.
+    model = models.resnet18(weights=None)
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    if fixed_feature_extractor:
+        for param in model.parameters():
+            param.requires_grad = False
+    model.fc = nn.Linear(model.fc.in_features, 2)
+    if not args.weights:
+        HeInit()(model, "resnet18")
+    model = model.to(device)
+    params = model.fc.parameters() if fixed_feature_extractor else model.parameters()
+    optimizer = optim.SGD(params, lr=0.001, momentum=0.9)
+    scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    best_acc, epoch_times = train_model(
+        model, nn.CrossEntropyLoss(), optimizer, scheduler, dataloaders, sizes, device, args.epochs
+    )
+    return {"val_acc": best_acc, "epoch_s": epoch_times}
+
+
+# ---- transferlab through its command-line entry point -----------------------------------------
+
+def transferlab_run(args, overrides: list[str]) -> dict:
+    run_dir = args.out / args.variant
+    init = ["init=pretrained", f"init.weights_path={args.weights}"] if args.weights else ["init=he"]
+    sys.argv = [
+        "transferlab-train", f"data.root={args.data}", *init, f"seed={args.seed}",
+        f"trainer.max_epochs={args.epochs}", f"data.image_size={args.image_size}",
+        f"hydra.run.dir={run_dir}", f"callbacks.feature_cache.dir={args.out / 'cache'}",
+        *overrides,
+    ]
+    transferlab_train()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary["status"] != "completed":
+        raise RuntimeError(f"{args.variant}: {summary.get('error')}")
+    return {"val_acc": summary["best"], "epoch_s": [h["time_s"] for h in summary["history"]]}
+
+
+VARIANTS = {
+    "plain_fe": lambda a: plain_run(a, fixed_feature_extractor=True),
+    "lab_fe": lambda a: transferlab_run(
+        a, ["freeze=feature_extraction", f"callbacks.feature_cache.views={a.views}"]
+    ),
+    "plain_ft": lambda a: plain_run(a, fixed_feature_extractor=False),
+    "lab_ft": lambda a: transferlab_run(a, ["freeze=full"]),
+    "lab_ft_fast": lambda a: transferlab_run(a, ["freeze=full", "trainer=fast"]),
+}
+
+
+def run_variant(args) -> None:
+    """In the child process: run one variant, write its numbers as JSON."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    result = VARIANTS[args.variant](args)
+    result["wall_s"] = time.perf_counter() - start
+    result["peak_rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    args.result.write_text(json.dumps(result))
+
+
+# ---- the parent: run the variants, print the table -------------------------------------------
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    if Path("/proc/cpuinfo").is_file():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    return (
+        f"{cpu}, {cores} cores{load}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"device {device}; CPU bf16 {'native' if cpu_has_bf16() else 'emulated (fast preset uses fp32)'}"
+    )
+
+
+def spawn(args, variant: str, epochs: int) -> dict:
+    result = args.out / f"{variant}.json"
+    cmd = [
+        sys.executable, __file__, "--variant", variant, "--result", str(result), "--data", str(args.data),
+        "--epochs", str(epochs), "--image-size", str(args.image_size), "--seed", str(args.seed),
+        "--views", str(args.views), "--threads", str(args.threads), "--out", str(args.out),
+        *(["--weights", str(args.weights)] if args.weights else []),
+    ]
+    print(f"running {variant} ({epochs} epoch{'s' * (epochs > 1)}) ...", file=sys.stderr, flush=True)
+    with open(args.out / f"{variant}.log", "w") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{variant} failed; see {args.out / f'{variant}.log'}")
+    return json.loads(result.read_text())
+
+
+def per_epoch(r: dict) -> float:
+    return sum(r["epoch_s"]) / len(r["epoch_s"])
+
+
+def row(comparison: str, run: str, r: dict, ratio: str = "") -> str:
+    other = r["wall_s"] - sum(r["epoch_s"])
+    return (
+        f"| {comparison} | {run} | {r['wall_s']:.1f} | {per_epoch(r):.2f} | {other:.1f} | "
+        f"{100 * r['val_acc']:.1f} | {r['peak_rss_growth_mb']:.0f} | {ratio} |"
+    )
+
+
+def report(args, results: dict) -> None:
+    print(f"machine: {machine()}")
+    print(
+        f"data: {args.data}; image size {args.image_size}; seed {args.seed}; "
+        f"init {args.weights or 'he'} on both sides; "
+        f"feature cache views={args.views} (cold cache)\n"
+    )
+    columns = ["comparison", "run", "wall s", "s/epoch", "other s", "best val acc %", "peak RSS +MB",
+               "ratio (target)"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    fe = f"feature extraction, {args.epochs} epochs"
+    if "plain_fe" in results:
+        plain, lab = results["plain_fe"], results["lab_fe"]
+        speedup = plain["wall_s"] / lab["wall_s"]
+        gap = 100 * (lab["val_acc"] - plain["val_acc"])
+        print(row(fe, "plain loop", plain))
+        print(row(fe, "transferlab, feature cache", lab,
+                  f"{speedup:.1f}x faster (>= 20x); acc {gap:+.1f} pts (within 2)"))
+    if "plain_ft" in results:
+        ft = "fine-tune, 1 epoch"
+        plain, lab, fast = results["plain_ft"], results["lab_ft"], results["lab_ft_fast"]
+        overhead = 100 * (per_epoch(lab) / per_epoch(plain) - 1)
+        print(row(ft, "plain loop, batch 4 fp32", plain))
+        print(row(ft, "transferlab, batch 4 fp32", lab, f"{overhead:+.1f}% per epoch (<= 5%)"))
+        print(row(ft, "transferlab, trainer=fast", fast,
+                  f"{per_epoch(plain) / per_epoch(fast):.2f}x faster per epoch (>= 2x)"))
+    print(
+        "\nwall s: the run end to end after imports (data setup, cache build, training, checkpoints); "
+        "s/epoch: train + val of one epoch; other s: wall minus epochs. "
+        "peak RSS +MB: growth of the main process's peak resident set (resource.getrusage "
+        "ru_maxrss) over its value after imports; DataLoader workers not included."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_data = Path(os.environ.get("TRANSFERLAB_DATA_DIR", "data")) / "hymenoptera"
+    parser.add_argument("--data", type=Path, default=default_data, help=f"ImageFolder root ({default_data})")
+    parser.add_argument("--epochs", type=int, default=25, help="feature-extraction epochs (default 25)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views", type=int, default=0, help="feature cache views (0: no augmentation)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    parser.add_argument("--weights", type=Path, help="resnet18 state_dict for both sides (default: init=he)")
+    parser.add_argument("--only", choices=["fe", "ft"], help="feature extraction or fine-tune runs only")
+    parser.add_argument("--quick", action="store_true", help="5 epochs at 112 px: minutes, not an hour")
+    parser.add_argument("--out", type=Path, help="run folders and logs (default: a new temporary folder)")
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.data = args.data.expanduser().resolve()
+    args.weights = args.weights.expanduser().resolve() if args.weights else None
+
+    if args.variant:
+        run_variant(args)
+        return
+    if args.quick:
+        args.epochs, args.image_size = 5, 112
+    if not (args.data / "train").is_dir():
+        sys.exit(f"no ImageFolder data at {args.data} (set --data or TRANSFERLAB_DATA_DIR)")
+    args.out = (args.out or Path(tempfile.mkdtemp(prefix="transferlab-bench-"))).resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if args.only != "ft":
+        results |= {v: spawn(args, v, args.epochs) for v in ("plain_fe", "lab_fe")}
+    if args.only != "fe":
+        results |= {v: spawn(args, v, 1) for v in ("plain_ft", "lab_ft", "lab_ft_fast")}
+    report(args, results)
+    print(f"\nrun folders and logs: {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""Speed: cached "CNN codes" for frozen backbones, and the model-side half of `trainer=fast`.
+
+When only the head trains, everything below it is a fixed function of the image: frozen
+weights, BatchNorm on running statistics, Dropout off (frozen stages run in eval mode). So its
+output, the head's input, is computed once per image, stored on disk, and the head trains on
+those tensors: an epoch costs a few matrix products instead of a pass through the backbone.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from transferlab.models.backbones import head_name
+from transferlab.models.stages import stage_map
+from transferlab.strategies import HEAD
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the stored layout changes: old entries are then never read
+SPLITS = ("train", "val")
+
+
+def head_layers(net: nn.Module) -> list[nn.Module]:
+    """What still runs on a cached head input: the head stage's Dropouts, then the head.
+
+    torchvision puts Dropout right before the last Linear (EfficientNet, MobileNetV2); in the
+    uncached path it drops entries of exactly the tensor that is cached, so it is replayed here.
+    """
+    dropouts = [m for m in stage_map(net)[HEAD] if isinstance(m, nn.modules.dropout._DropoutNd)]
+    return [*dropouts, net.get_submodule(head_name(net))]
+
+
+def stateful_head_extras(net: nn.Module) -> list[str]:
+    """Layers in the head stage, besides the head and its Dropouts, that keep state: their
+    output could change during training, so it cannot be cached."""
+    keep = {id(m) for m in head_layers(net)}
+    return [
+        type(m).__name__ for m in stage_map(net)[HEAD]
+        if id(m) not in keep and any(True for _ in m.buffers())
+    ]
+
+
+def first_epoch_training_below_head(strategy, names: list[str], max_epochs: int | None):
+    """(epoch, stages) for the first epoch in which a stage below the head trains, else None."""
+    # Strategies decide from the epoch alone; a run without an epoch limit is checked far out.
+    epochs = range(max_epochs) if max_epochs and max_epochs > 0 else (0, 10**6)
+    for epoch in epochs:
+        frozen = strategy.frozen_stages(names, epoch)
+        below = [n for n in names if n != HEAD and n not in frozen]
+        if below:
+            return epoch, below
+    return None
+
+
+def weights_digest(net: nn.Module, skip: str) -> str:
+    """Identity of every tensor below the head (weights and BatchNorm statistics)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in net.state_dict().items():
+        if name.startswith(skip + "."):
+            continue
+        t = tensor.detach().cpu().contiguous()  # channels_last or not, same weights, same digest
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def files_digest(samples: list[tuple[Path, int]]) -> str:
+    """Each file's path, label, size and modification time: an edited, added or removed image
+    changes it, and a stat is cheap enough for any dataset (no content hashing)."""
+    h = hashlib.blake2b(digest_size=16)
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@torch.inference_mode()
+def encode(
+    net: nn.Module, dataset: Dataset, passes: int, batch_size: int, num_workers: int,
+    device: torch.device, autocast=nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input for every image, `passes` times: (passes, N, D) float32 and (N,) labels.
+    The caller puts `net` in eval mode."""
+    head = net.get_submodule(head_name(net))
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].float().cpu()))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        persistent_workers=num_workers > 0 and passes > 1,
+    )
+    views, labels = [], []
+    try:
+        for _ in range(passes):
+            labels = []
+            for x, y in loader:
+                with autocast():
+                    # NHWC input makes every conv take oneDNN's/cuDNN's NHWC kernels: ~1.3x
+                    # on a CPU, same values up to float rounding.
+                    net(x.to(device, memory_format=torch.channels_last))
+                labels.append(torch.as_tensor(y))
+            views.append(torch.cat(captured))
+            captured.clear()
+    finally:
+        hook.remove()
+    return torch.stack(views), torch.cat(labels)
+
+
+class RandomView(Dataset):
+    """K cached augmented views per image; each request draws one, as augmentation would."""
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor):
+        self.views = views
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        view = int(torch.randint(len(self.views), ()))
+        return self.views[view, i], self.labels[i]
+
+
+@contextmanager
+def eval_mode(net: nn.Module):
+    """Every submodule in eval mode inside the block, each back in its own mode after."""
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+class FeatureCache(Callback):
+    """Train the head on cached head inputs whenever nothing below the head trains in this fit.
+
+    `views`: 0 caches one pass of the val transform (fixed centre crops) over the train images:
+    one backbone pass per image in all, which is where the speed comes from, at the price of no
+    augmentation. K > 0 caches K augmented views per train image (K backbone passes) and every
+    epoch draws one per image. Val is always one un-augmented pass.
+
+    Entries live in `dir`, named by a digest of everything that shapes the features (network,
+    weights below the head, precision, transform, file list with sizes and mtimes, views), so
+    runs of a sweep share them and any change builds a new one.
+    """
+
+    def __init__(
+        self, enabled: bool = True, views: int = 0, dir: str = "outputs/cache", batch_size: int = 32
+    ):
+        if views < 0:
+            raise ValueError(f"feature cache views={views}: use 0 (no augmentation) or K > 0")
+        self.enabled = enabled
+        self.views = views
+        self.dir = Path(dir)
+        self.batch_size = batch_size
+        self.builds = 0  # entries computed rather than read, over this callback's life
+        self.status: dict[str, str] = {}  # split -> "built" | "reused", for the last fit
+        self.active = False
+        self._datamodule = None
+        self._module = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.status = {}
+        reason = self.reason_to_stay_off(trainer, pl_module)
+        if reason:
+            log.info("feature cache off: %s", reason)
+            return
+        sets = self.load_or_build(trainer, pl_module)
+        trainer.datamodule.use_cached(sets)
+        pl_module.use_cached_features(True)
+        self.active, self._datamodule, self._module = True, trainer.datamodule, pl_module
+        # A head on cached inputs is a few tiny matrix products: extra OpenMP threads only add
+        # barriers, and on a busy machine each barrier waits for a descheduled thread (measured
+        # here: 17 ms instead of 0.4 ms per step with 2 threads on 2 shared cores).
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        log.info(
+            "feature cache on: only the head trains, on cached head inputs (%s; in %s)",
+            ", ".join(f"{s} {self.status[s]}" for s in SPLITS), self.dir,
+        )
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.release()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Images again: later validate/predict calls and the next fit see the real data."""
+        if self.active:
+            self._datamodule.use_cached(None)
+            self._module.use_cached_features(False)
+            torch.set_num_threads(self._threads)
+        self.active, self._datamodule, self._module = False, None, None
+
+    def reason_to_stay_off(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        if not self.enabled:
+            return "disabled (cache=off)"
+        strategy = getattr(pl_module, "freeze_strategy", None)
+        if strategy is None or not hasattr(pl_module, "use_cached_features"):
+            return f"{type(pl_module).__name__} cannot train its head on cached inputs"
+        if not hasattr(trainer.datamodule, "use_cached"):
+            return "the images do not come from a transferlab datamodule"
+        names = list(pl_module.stages)
+        training = first_epoch_training_below_head(strategy, names, trainer.max_epochs)
+        if training:
+            epoch, stages = training
+            return (
+                f"{', '.join(stages)} train{'s' if len(stages) == 1 else ''} from epoch {epoch} "
+                f"under {type(strategy).__name__}; cached inputs are only valid while everything "
+                "below the head stays frozen"
+            )
+        extras = stateful_head_extras(pl_module.net)
+        if extras:
+            return f"the head stage holds stateful layers {extras}"
+        return None
+
+    def load_or_build(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Dataset]:
+        datamodule = trainer.datamodule
+        augmented = self.views > 0 and datamodule.augment
+        if self.views > 0 and not datamodule.augment:
+            log.info("feature cache: views=%d ignored, data.augment=false makes all views equal", self.views)
+        elif not augmented and datamodule.augment:
+            log.info(
+                "feature cache: train features come from the val transform, so data.augment is not "
+                "applied (callbacks.feature_cache.views=K caches K augmented views per image)"
+            )
+        sources = datamodule.feature_sources(augmented=augmented)
+        passes = {"train": self.views if augmented else 1, "val": 1}
+        common = {
+            "format": CACHE_FORMAT,
+            "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+            "network": digest(repr(pl_module.net)),
+            "weights": weights_digest(pl_module.net, skip=head_name(pl_module.net)),
+            "precision": str(trainer.precision),
+        }
+        entries = {}
+        for split in SPLITS:
+            dataset = sources[split]
+            key = common | {
+                "split": split,
+                "transform": repr(dataset.transform),
+                "files": files_digest(dataset.samples),
+                "passes": passes[split],
+            }
+            path = self.dir / f"{split}-{digest(json.dumps(key, sort_keys=True))}.pt"
+            if trainer.is_global_zero and not path.is_file():
+                self.build(trainer, pl_module, dataset, passes[split], key, path)
+                self.status[split] = "built"
+            entries[split] = path
+        trainer.strategy.barrier("feature_cache")
+        sets = {}
+        for split, path in entries.items():
+            self.status.setdefault(split, "reused")
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            views, labels = stored["features"], stored["labels"]
+            sets[split] = TensorDataset(views[0], labels) if len(views) == 1 else RandomView(views, labels)
+        return sets
+
+    def build(self, trainer, pl_module, dataset, passes: int, key: dict, path: Path) -> None:
+        start = time.perf_counter()
+        # Fixed seed, forked RNG: augmented views are a function of the key alone, and building
+        # (or not) leaves the training run's random stream untouched.
+        with torch.random.fork_rng(devices=[]), eval_mode(pl_module.net):
+            torch.manual_seed(0)
+            features, labels = encode(
+                pl_module.net, dataset, passes, self.batch_size, trainer.datamodule.num_workers,
+                pl_module.device, trainer.precision_plugin.forward_context,
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"features": features, "labels": labels, "key": key}, tmp)
+        tmp.replace(path)  # parallel runs of a sweep never read half a file
+        self.builds += 1
+        log.info(
+            "feature cache: built %s (%d x %s) in %.1f s", path.name, passes,
+            tuple(features.shape[1:]), time.perf_counter() - start,
+        )
+
+
+def cpu_has_bf16() -> bool:
+    # torch exposes the CPU feature probes only privately; missing probes mean "no".
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def fast_precision(accelerator: str = "auto") -> Precision:
+    """bf16 autocast where the hardware computes in bf16, else fp32.
+
+    A CPU without AVX512-BF16 or AMX emulates bf16: ResNet-18 trained ~10x slower than in fp32
+    on an AVX2-only EPYC, so `bf16-mixed` there is a slow-down, not a speed-up.
+    """
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if gpu and torch.cuda.is_bf16_supported():
+        log.info("fast preset: bf16 autocast on the GPU")
+        return MixedPrecision("bf16-mixed", "cuda")
+    if not gpu and cpu_has_bf16():
+        log.info("fast preset: bf16 autocast on the CPU (native bf16 instructions)")
+        return MixedPrecision("bf16-mixed", "cpu")
+    log.info("fast preset: fp32, this %s has no native bf16", "GPU" if gpu else "CPU")
+    return Precision()
+
+
+def spare_cores() -> int:
+    """Loader processes that do not take a core from the model: one per core but one, 1 to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+class FastTraining(Callback):
+    """The fast preset's tweaks that a config value cannot express.
+
+    - channels_last conv weights, optional torch.compile;
+    - the linear LR scaling rule (Goyal et al. 2017): `optimizer.lr` is the LR at
+      `lr_reference_batch_size`; the run uses lr x (batch size x devices x accumulation) / reference;
+    - DataLoader: `num_workers="auto"` gives one worker per spare core, `pin_memory="auto"` pins
+      when training on a GPU (pinned pages only speed up host-to-GPU copies). Applied to any
+      datamodule with these attributes, before its loaders are made.
+    """
+
+    def __init__(
+        self, channels_last: bool = True, compile: bool = False, lr_reference_batch_size: int | None = 4,
+        num_workers: int | str | None = "auto", pin_memory: bool | str | None = "auto",
+    ):
+        self.channels_last = channels_last
+        self.compile = compile
+        self.lr_reference_batch_size = lr_reference_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        datamodule = trainer.datamodule
+        if self.num_workers is not None and hasattr(datamodule, "num_workers"):
+            datamodule.num_workers = spare_cores() if self.num_workers == "auto" else int(self.num_workers)
+        if self.pin_memory is not None and hasattr(datamodule, "pin_memory"):
+            on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
+            datamodule.pin_memory = on_gpu if self.pin_memory == "auto" else bool(self.pin_memory)
+        if self.channels_last:
+            # Conv weights in NHWC make every conv pick the NHWC kernels (oneDNN, cuDNN); the
+            # first conv converts the input. The state_dict keeps the same keys and values.
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile:
+            pl_module.net.compile()  # in place: parameter names, hence checkpoints, unchanged
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Here the optimizers exist and no checkpoint is restored yet: a resumed run gets its
+        # already-scaled LRs back from the checkpoint.
+        factor = self.lr_factor(trainer)
+        if factor == 1.0:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
+        log.info("fast preset: linear LR scaling, every LR x%g", factor)
+
+    def lr_factor(self, trainer) -> float:
+        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        if not self.lr_reference_batch_size or batch_size is None:
+            return 1.0
+        effective = batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        return effective / self.lr_reference_batch_size

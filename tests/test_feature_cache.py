@@ -1,0 +1,184 @@
+import copy
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from helpers import STRATEGY, classifier_module, quiet_trainer
+from test_config import composed
+from transferlab.data.classification import ImageFolderDataModule
+from transferlab.features import FastTraining, FeatureCache, cpu_has_bf16, head_layers, spare_cores
+from transferlab.models.init import HeInit
+
+FEATURE_EXTRACTION = {"_target_": STRATEGY + "FeatureExtraction"}
+
+
+def noise_image(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def noisy_folder(tmp_path):
+    """Two classes of distinct noise images: a feature paired with the wrong label shows."""
+    root = tmp_path / "noise"
+    for split, n in (("train", 6), ("val", 3)):
+        for c, cls in enumerate(("cats", "dogs")):
+            for i in range(n):
+                noise_image(root / split / cls / f"{i}.png", seed=100 * (split == "val") + 10 * c + i)
+    return root
+
+
+def datamodule(root, size=32, batch_size=4, augment=False):
+    dm = ImageFolderDataModule(
+        str(root), image_size=size, batch_size=batch_size, num_workers=0, augment=augment
+    )
+    dm.setup("fit")
+    return dm
+
+
+class HeadGradients(Callback):
+    def __init__(self):
+        self.steps: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        head = head_layers(pl_module.net)[-1]
+        self.steps.append([p.grad.clone() for p in head.parameters()])
+
+
+def record_modes_below_head(module) -> set[bool]:
+    """The training flags every layer below the head runs with, filled in as they run."""
+    modes: set[bool] = set()
+    for name, stage in module.stages.items():
+        for layer in (sub for m in stage for sub in m.modules()) if name != "head" else ():
+            layer.register_forward_pre_hook(lambda m, args: modes.add(m.training))
+    return modes
+
+
+@pytest.mark.parametrize("backbone,size", [
+    ("resnet18", 32),
+    ("alexnet", 64),        # the frozen part includes the classifier stage (FC layers, Dropout)
+    ("mobilenet_v2", 32),   # Dropout in the head stage: replayed on the cached inputs
+])
+def test_cached_head_gets_the_same_gradients_and_predictions(tmp_path, noisy_folder, backbone, size):
+    torch.manual_seed(0)
+    on_images = classifier_module(backbone, FEATURE_EXTRACTION, lr=0.1)
+    HeInit()(on_images.net, backbone)
+    on_cache = copy.deepcopy(on_images)
+    modes = record_modes_below_head(on_images)
+
+    grads = {}
+    for module, enabled in ((on_images, False), (on_cache, True)):
+        recorder, cache = HeadGradients(), FeatureCache(enabled=enabled, dir=tmp_path / "cache")
+        torch.manual_seed(1)  # same shuffles, same Dropout masks
+        trainer = quiet_trainer(max_epochs=2, callbacks=[cache, recorder])
+        trainer.fit(module, datamodule=datamodule(noisy_folder, size))
+        grads[enabled] = recorder.steps
+    assert cache.status == {"train": "built", "val": "built"}
+    assert modes == {False}, "a frozen layer ran in training mode: caching would be invalid"
+
+    assert len(grads[True]) == len(grads[False]) == 6
+    for cached, uncached in zip(grads[True], grads[False]):
+        for a, b in zip(cached, uncached):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    images = torch.stack([image for image, _ in datamodule(noisy_folder, size).val_set])
+    on_images.eval()
+    on_cache.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(on_cache(images), on_images(images), rtol=1e-4, atol=1e-5)
+
+
+def test_cache_is_reused_until_weights_image_size_or_a_file_change(tmp_path, noisy_folder):
+    module = classifier_module("resnet18", FEATURE_EXTRACTION)
+    cache = FeatureCache(dir=tmp_path / "cache")
+
+    def fit(size=32):
+        quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=datamodule(noisy_folder, size))
+        return cache.status
+
+    built, reused = {"train": "built", "val": "built"}, {"train": "reused", "val": "reused"}
+    assert fit() == built
+    assert fit() == reused  # the head trained in between: not part of the key
+    with torch.no_grad():
+        module.net.layer1[0].conv1.weight.mul_(1.5)
+    assert fit() == built
+    assert fit(size=40) == built
+    changed = noisy_folder / "train" / "cats" / "0.png"
+    noise_image(changed, seed=12345)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert fit() == {"train": "built", "val": "reused"}
+    assert cache.builds == 7
+
+
+@pytest.mark.parametrize("backbone,freeze,reason", [
+    ("resnet18", {"_target_": STRATEGY + "FullFineTune"},
+     "stem, layer1, layer2, layer3, layer4 train from epoch 0"),
+    ("resnet18", {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1},
+     "layer4 trains from epoch 1"),
+    ("alexnet", {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 3},
+     "classifier trains from epoch 0"),
+])
+def test_off_with_a_reason_when_something_below_the_head_trains(
+    tmp_path, image_folder, caplog, backbone, freeze, reason
+):
+    cache = FeatureCache(dir=tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        # The decision is taken at fit start, before any batch.
+        quiet_trainer(max_epochs=2, limit_train_batches=0, limit_val_batches=0, callbacks=[cache]).fit(
+            classifier_module(backbone, freeze), datamodule=datamodule(image_folder, 64)
+        )
+    assert f"feature cache off: {reason}" in caplog.text
+    assert cache.status == {} and not (tmp_path / "cache").exists()
+
+
+def test_on_when_a_partial_freeze_covers_everything_below_the_head(tmp_path, image_folder):
+    cache = FeatureCache(dir=tmp_path / "cache")
+    freeze = {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 4}  # 3 blocks + classifier
+    module = classifier_module("alexnet", freeze)
+    dm = datamodule(image_folder, 64)
+    quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=dm)
+    assert cache.status == {"train": "built", "val": "built"}
+    assert dm.cached is None and module._cached_input_layers is None  # images again after fit
+
+
+def test_augmented_views_are_cached_once_and_drawn_per_epoch(tmp_path, noisy_folder):
+    cache = FeatureCache(views=3, dir=tmp_path / "cache")
+    module = classifier_module("resnet18", FEATURE_EXTRACTION)
+    dm = datamodule(noisy_folder, augment=True)
+    quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=dm)
+    stored = torch.load(next((tmp_path / "cache").glob("train-*.pt")), weights_only=True)
+    assert stored["features"].shape == (3, 12, 512)
+    assert not torch.equal(stored["features"][0], stored["features"][1])
+
+
+def test_cache_switch_and_fast_preset_compose(tmp_path):
+    default = composed(tmp_path, [])
+    assert default.callbacks.feature_cache.enabled is True
+    assert composed(tmp_path, ["cache=off"]).callbacks.feature_cache.enabled is False
+
+    cfg = composed(tmp_path, ["trainer=fast", "trainer.accelerator=cpu"])
+    assert cfg.data.batch_size == 32 and cfg.trainer.max_epochs == 25
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    assert trainer.precision == ("bf16-mixed" if cpu_has_bf16() else "32-true")
+    assert any(isinstance(c, FastTraining) for c in trainer.callbacks)
+    instantiate(cfg.data)
+
+
+def test_fast_training_scales_the_lr_linearly_and_tunes_model_and_loaders(image_folder):
+    module = classifier_module("resnet18", FEATURE_EXTRACTION, lr=0.01,
+                               scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 7})
+    dm = datamodule(image_folder, 32, batch_size=8)
+    fast = FastTraining(lr_reference_batch_size=4)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[fast])
+    trainer.fit(module, datamodule=dm)
+    head_lr = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}["head"]
+    assert head_lr == pytest.approx(0.02)
+    assert module.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert dm.num_workers == spare_cores() and dm.pin_memory is False  # CPU: nothing to pin for

@@ -12,7 +12,7 @@ from transferlab.train import config_dir
 
 CONF = Path(config_dir())
 GROUPS = ["task", "data", "backbone", "init", "freeze", "optimizer", "scheduler", "trainer",
-          "logger", "callbacks", "experiment"]
+          "logger", "callbacks", "cache", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -33,7 +33,7 @@ def test_the_public_groups_and_options_exist():
     assert set(GROUPS) <= {p.name for p in CONF.iterdir() if p.is_dir()}
     assert {"pretrained", "he", "default"} <= set(options("init"))
     assert {"feature_extraction", "full", "partial", "gradual"} <= set(options("freeze"))
-    assert {"default", "cpu", "gpu", "ddp"} <= set(options("trainer"))
+    assert {"default", "cpu", "gpu", "ddp", "fast"} <= set(options("trainer"))
 
 
 @pytest.mark.parametrize(

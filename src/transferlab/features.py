@@ -337,8 +337,12 @@ class FastTraining(Callback):
     """
 
     def __init__(
-        self, channels_last: bool = True, compile: bool = False, lr_reference_batch_size: int | None = 4,
-        num_workers: int | str | None = "auto", pin_memory: bool | str | None = "auto",
+        self,
+        channels_last: bool = True,
+        compile: bool = False,
+        lr_reference_batch_size: int | None = 4,
+        num_workers: int | str | None = "auto",
+        pin_memory: bool | str | None = "auto",
     ):
         self.channels_last = channels_last
         self.compile = compile
@@ -349,7 +353,8 @@ class FastTraining(Callback):
     def setup(self, trainer, pl_module, stage) -> None:
         datamodule = trainer.datamodule
         if self.num_workers is not None and hasattr(datamodule, "num_workers"):
-            datamodule.num_workers = spare_cores() if self.num_workers == "auto" else int(self.num_workers)
+            auto = self.num_workers == "auto"
+            datamodule.num_workers = spare_cores() if auto else int(self.num_workers)
         if self.pin_memory is not None and hasattr(datamodule, "pin_memory"):
             on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
             datamodule.pin_memory = on_gpu if self.pin_memory == "auto" else bool(self.pin_memory)
@@ -363,7 +368,7 @@ class FastTraining(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         # Here the optimizers exist and no checkpoint is restored yet: a resumed run gets its
         # already-scaled LRs back from the checkpoint.
-        factor = self.lr_factor(trainer)
+        factor, batch = self.lr_factor(trainer)
         if factor == 1.0:
             return
         for optimizer in trainer.optimizers:
@@ -373,11 +378,14 @@ class FastTraining(Callback):
                     group["initial_lr"] *= factor
         for config in trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
-        log.info("fast preset: linear LR scaling, every LR x%g", factor)
+        log.info(
+            "fast preset: linear LR scaling, effective batch %d / reference %d: every LR x%g",
+            batch, self.lr_reference_batch_size, factor,
+        )
 
-    def lr_factor(self, trainer) -> float:
+    def lr_factor(self, trainer) -> tuple[float, int | None]:
         batch_size = getattr(trainer.datamodule, "batch_size", None)
         if not self.lr_reference_batch_size or batch_size is None:
-            return 1.0
+            return 1.0, None
         effective = batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        return effective / self.lr_reference_batch_size
+        return effective / self.lr_reference_batch_size, effective

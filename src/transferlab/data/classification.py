@@ -8,10 +8,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from transferlab.data.download import ensure_dataset
-from transferlab.data.images import check_policy, is_image_name, load_rgb, usable_images
+from transferlab.data.images import is_image_name, load_rgb, usable_images
 from transferlab.data.sampling import SeededLoaders
 from transferlab.errors import DataError
-from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +74,13 @@ class ImageFolderDataModule(SeededLoaders):
         pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__()
-        self.seed = seed
-        check_policy(on_bad_file)
-        self.root = Path(root).expanduser()
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.mean = tuple(mean or IMAGENET_MEAN)
-        self.std = tuple(std or IMAGENET_STD)
-        self.augment = augment
-        self.on_bad_file = on_bad_file
+        super().__init__(
+            root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
+            pin_memory, seed,
+        )
         self.download_url = download_url
         self.download_md5 = download_md5
-        self.pin_memory = pin_memory
         self.classes: list[str] = []
-        self.train_set: LabelledImages | None = None
-        self.val_set: LabelledImages | None = None
         self.cached: dict[str, Dataset] | None = None
 
     def prepare_data(self) -> None:

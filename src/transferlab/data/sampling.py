@@ -6,10 +6,14 @@ uninterrupted run sees, whatever the number of DataLoader workers.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from transferlab.data.images import check_policy
+from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _mix(*numbers: int) -> int:
@@ -58,15 +62,36 @@ class SeededSamples(Dataset):
 
 
 class SeededLoaders(L.LightningDataModule):
-    """DataLoaders for `train_set` / `val_set`: training shuffled and augmented as a function of
-    (seed, epoch, sample), validation in order."""
+    """The settings every transferlab DataModule shares, and its DataLoaders: training shuffled
+    and augmented as a function of (seed, epoch, sample), validation in order."""
 
-    seed: int
-    batch_size: int
-    num_workers: int
-    pin_memory: bool
-    train_set: Dataset | None
-    val_set: Dataset | None
+    def __init__(
+        self,
+        root: str,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
+        augment: bool,
+        on_bad_file: str,
+        pin_memory: bool,
+        seed: int,
+    ):
+        super().__init__()
+        check_policy(on_bad_file)
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mean = tuple(mean or IMAGENET_MEAN)
+        self.std = tuple(std or IMAGENET_STD)
+        self.augment = augment
+        self.on_bad_file = on_bad_file
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

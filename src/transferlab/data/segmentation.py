@@ -16,10 +16,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from transferlab.data.images import check_policy, is_image_name, load_rgb, usable_images
+from transferlab.data.images import is_image_name, load_rgb, usable_images
 from transferlab.data.sampling import SeededLoaders
 from transferlab.errors import ConfigError, DataError
-from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +126,14 @@ class SegmentationFolderDataModule(SeededLoaders):
         pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__()
-        self.seed = seed
-        check_policy(on_bad_file)
-        self.root = Path(root).expanduser()
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.mean = tuple(mean or IMAGENET_MEAN)
-        self.std = tuple(std or IMAGENET_STD)
-        self.augment = augment
-        self.on_bad_file = on_bad_file
-        self.pin_memory = pin_memory
+        super().__init__(
+            root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
+            pin_memory, seed,
+        )
         self.classes = class_names(mask_mode, classes, mask_values)
         self.encode_mask = MaskEncoding(
             mask_mode, len(self.classes), mask_threshold, list(mask_values) if mask_values else None
         )
-        self.train_set: SegmentationPairs | None = None
-        self.val_set: SegmentationPairs | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

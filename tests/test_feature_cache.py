@@ -12,7 +12,8 @@ from PIL import Image
 from helpers import STRATEGY, classifier_module, quiet_trainer
 from test_config import composed
 from transferlab.data.classification import ImageFolderDataModule
-from transferlab.features import FastTraining, FeatureCache, cpu_has_bf16, head_layers, spare_cores
+from transferlab.fast import FastTraining, cpu_has_bf16, spare_cores
+from transferlab.features import FeatureCache, head_layers
 from transferlab.models.init import HeInit
 
 FEATURE_EXTRACTION = {"_target_": STRATEGY + "FeatureExtraction"}

@@ -1,6 +1,7 @@
 """Messy folders: every bad case is built here and must give a named error or a logged skip."""
 
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ from PIL import Image
 
 from conftest import write_image
 from transferlab.data.classification import ImageFolderDataModule
-from transferlab.data.images import load_rgb
-from transferlab.errors import ConfigError, DataError
+from transferlab.data.images import load_rgb, write_bad_files
+from transferlab.errors import BadFilesError, ConfigError, DataError
 
 
 def setup(root, **kw):
@@ -38,14 +39,83 @@ def test_bad_file_errors_name_it_and_skip_policies_drop_it(image_folder, make, c
     bad = image_folder / "train" / "cats" / "bad.jpg"
     make(bad)
     caplog.set_level(logging.INFO)
-    with pytest.raises(DataError, match="bad.jpg"):
+    with pytest.raises(BadFilesError, match="bad.jpg"):
         setup(image_folder)
     for policy in ("warn", "skip"):
         caplog.clear()
         dm = setup(image_folder, on_bad_file=policy)
         assert bad not in {p for p, _ in dm.train_set.samples}
-        assert "skipped 1 bad image" in caplog.text
-        assert ("bad.jpg" in caplog.text) == (policy == "warn")
+        assert [p for p, _ in dm.bad_files] == [bad]
+        assert caplog.text.count("skipped 1 bad image") == 1 and "bad.jpg" in caplog.text
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == (policy == "warn")
+
+
+# A bad file in each split and each class: one run must report all of them.
+BAD_EVERYWHERE = [
+    ("train", "cats", truncated_jpeg),
+    ("train", "dogs", zero_bytes),
+    ("val", "cats", text_named_jpg),
+    ("val", "dogs", truncated_jpeg),
+]
+
+
+@pytest.fixture
+def bad_everywhere(image_folder):
+    bad = []
+    for split, cls, make in BAD_EVERYWHERE:
+        path = image_folder / split / cls / f"{make.__name__}.jpg"
+        make(path)
+        bad.append(path)
+    return bad
+
+
+def test_every_bad_file_is_in_one_error(image_folder, bad_everywhere):
+    with pytest.raises(BadFilesError, match=r"4 image file\(s\) cannot be decoded") as err:
+        setup(image_folder)
+    assert sorted(p for p, _ in err.value.bad) == sorted(bad_everywhere)
+    assert all(why for _, why in err.value.bad)
+    for path in bad_everywhere:
+        assert str(path) in str(err.value)
+    assert "bad_files.txt" in str(err.value) and "data.on_bad_file=skip" in str(err.value)
+    assert isinstance(err.value, DataError)
+    copy = pickle.loads(pickle.dumps(err.value))  # a sweep job's error travels pickled
+    assert copy.bad == err.value.bad and str(copy) == str(err.value)
+
+
+def test_skip_names_every_bad_file_and_counts_them_once(image_folder, bad_everywhere, caplog):
+    caplog.set_level(logging.INFO)
+    dm = setup(image_folder, on_bad_file="skip")
+    assert sorted(p for p, _ in dm.bad_files) == sorted(bad_everywhere)
+    used = {p for p, _ in dm.train_set.samples} | {p for p, _ in dm.val_set.samples}
+    assert not used & set(bad_everywhere) and len(used) == 18
+    counts = [r.getMessage() for r in caplog.records if "bad image file(s)" in r.getMessage()]
+    assert len(counts) == 1 and counts[0].startswith("skipped 4 bad image file(s)")
+    assert all(str(path) in counts[0] for path in bad_everywhere)
+
+
+def test_a_clean_folder_has_no_bad_files(image_folder):
+    assert setup(image_folder, on_bad_file="skip").bad_files == []
+
+
+def test_many_bad_files_are_counted_beyond_the_first_twenty(image_folder, caplog):
+    bad = [image_folder / "train" / "cats" / f"empty{i:02}.jpg" for i in range(25)]
+    for path in bad:
+        zero_bytes(path)
+    with pytest.raises(BadFilesError, match="25 image file") as err:
+        setup(image_folder)
+    assert len(err.value.bad) == 25 and "... and 5 more" in str(err.value)
+    assert str(bad[0]) in str(err.value) and str(bad[24]) not in str(err.value)
+    caplog.set_level(logging.INFO)
+    setup(image_folder, on_bad_file="skip")
+    assert "and 5 more" in caplog.text and str(bad[24]) not in caplog.text
+
+
+def test_write_bad_files_lists_one_file_and_reason_a_line(tmp_path):
+    bad = [(tmp_path / "a.jpg", "empty file"), (tmp_path / "b c.png", "OSError: truncated")]
+    write_bad_files(tmp_path / "bad_files.txt", bad)
+    lines = (tmp_path / "bad_files.txt").read_text().splitlines()
+    assert [line.split("\t") for line in lines] == [[str(p), why] for p, why in bad]
 
 
 def test_unknown_policy_is_a_config_error(image_folder):

@@ -9,7 +9,7 @@ import torch
 
 from conftest import write_image
 from transferlab.data.classification import ImageFolderDataModule
-from transferlab.errors import DataError
+from transferlab.errors import BadFilesError, DataError
 
 
 def datamodule(root, **kw):
@@ -71,13 +71,15 @@ def corrupt(image_folder):
 
 
 def test_undecodable_image_stops_before_training_naming_it(corrupt):
-    with pytest.raises(DataError, match="broken.jpg"):
+    with pytest.raises(BadFilesError, match="broken.jpg") as err:
         datamodule(corrupt.parents[2])
+    assert [p for p, _ in err.value.bad] == [corrupt]
 
 
 def test_skip_policy_drops_the_bad_file(corrupt, caplog):
     dm = datamodule(corrupt.parents[2], on_bad_file="warn")
     assert corrupt not in {p for p, _ in dm.train_set.samples}
+    assert [p for p, _ in dm.bad_files] == [corrupt]
     assert "broken.jpg" in caplog.text
 
 

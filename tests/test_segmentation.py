@@ -1,3 +1,4 @@
+import logging
 import urllib.error
 from pathlib import Path
 
@@ -8,10 +9,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchmetrics.segmentation import DiceScore
 
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
 from conftest import real_dataset
 from helpers import STRATEGY, quiet_trainer
 from transferlab.data.segmentation import SegmentationFolderDataModule
-from transferlab.errors import ConfigError, DataError
+from transferlab.errors import BadFilesError, ConfigError, DataError
+from transferlab.train import config_dir
 from transferlab.models.init import HeInit, Pretrained
 from transferlab.models.unet import UNet
 from transferlab.modules.segmentation import SegmentationModule
@@ -172,14 +177,15 @@ def test_a_classifier_backbone_is_refused_for_segmentation():
 
 # -- data ----------------------------------------------------------------------------------------
 
-def write_pair(root: Path, split: str, stem: str, size=(40, 40), mask_size=None, box=(6, 10, 22, 30)):
+def write_pair(root: Path, split: str, stem: str, size=(40, 40), mask_size=None, box=(6, 10, 22, 30),
+               mask_suffix=""):
     image = Image.new("L", size, 20)
     mask = Image.new("L", mask_size or size, 0)
     image.paste(230, box)
     mask.paste(255, box)
-    for folder, img in (("images", image), ("masks", mask)):
+    for folder, img, name in (("images", image, stem), ("masks", mask, stem + mask_suffix)):
         (root / split / folder).mkdir(parents=True, exist_ok=True)
-        img.save(root / split / folder / f"{stem}.png")
+        img.save(root / split / folder / f"{name}.png")
 
 
 @pytest.fixture
@@ -247,6 +253,89 @@ def test_unusable_pairs_are_named(pairs, problem):
     with pytest.raises(DataError, match=problem) as err:
         datamodule(pairs).setup("fit")
     assert str(culprit) in str(err.value)
+
+
+def test_unpaired_files_of_both_splits_are_one_error_stating_the_rule(pairs):
+    (pairs / "train" / "masks" / "x1.png").unlink()
+    (pairs / "val" / "images" / "x0.png").unlink()
+    with pytest.raises(DataError, match=r"2 unpaired file\(s\)") as err:
+        datamodule(pairs).setup("fit")
+    message = str(err.value)
+    assert str(pairs / "train" / "images" / "x1.png") in message
+    assert str(pairs / "val" / "masks" / "x0.png") in message
+    assert "images/<id>.<ext> pairs with masks/<id>.<ext> (data.mask_suffix='')" in message
+    assert "set data.mask_suffix" in message
+
+
+@pytest.mark.parametrize("suffix", ["_mask", "_label"])
+def test_masks_named_with_a_suffix_pair_when_mask_suffix_says_so(tmp_path, suffix):
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            write_pair(tmp_path, split, f"p{i}", mask_suffix=suffix)
+    with pytest.raises(DataError, match="data.mask_suffix") as err:
+        datamodule(tmp_path).setup("fit")
+    assert "10 unpaired file(s)" in str(err.value)
+    dm = datamodule(tmp_path, mask_suffix=suffix)
+    dm.setup("fit")
+    assert [(i.name, m.name) for i, m in dm.val_set.pairs] == [
+        ("p0.png", f"p0{suffix}.png"), ("p1.png", f"p1{suffix}.png")]
+    assert len(dm.train_set) == 3 and dm.train_set[0][1].dtype == torch.long
+    (tmp_path / "train" / "masks" / f"p2{suffix}.png").rename(tmp_path / "train" / "masks" / "p2.png")
+    with pytest.raises(DataError, match=f"masks/<id>{suffix}.<ext>") as err:
+        datamodule(tmp_path, mask_suffix=suffix).setup("fit")
+    assert "image without a mask" in str(err.value) and "mask without an image" in str(err.value)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def test_bad_images_and_masks_of_both_splits_are_one_error(pairs, caplog):
+    bad = [pairs / "train" / "images" / "x0.png", pairs / "train" / "masks" / "x1.png",
+           pairs / "val" / "images" / "x1.png"]
+    for path in bad:
+        truncate(path)
+    with pytest.raises(BadFilesError, match=r"3 image file\(s\)") as err:
+        datamodule(pairs).setup("fit")
+    assert sorted(p for p, _ in err.value.bad) == sorted(bad)
+    assert all(str(path) in str(err.value) for path in bad)
+    caplog.set_level(logging.INFO)
+    dm = datamodule(pairs, on_bad_file="skip")
+    dm.setup("fit")
+    assert sorted(p for p, _ in dm.bad_files) == sorted(bad)
+    assert [i.stem for i, _ in dm.train_set.pairs] == ["x2"]
+    assert [i.stem for i, _ in dm.val_set.pairs] == ["x0"]
+    assert caplog.text.count("skipped 3 bad image file(s)") == 1
+
+
+@pytest.mark.parametrize("mode, classes, values, expected", [
+    ("binary", None, None, ["background", "foreground"]),
+    ("binary", ["background", "lung"], None, ["background", "lung"]),
+    ("multiclass", None, [0, 128, 255], ["class_0", "class_128", "class_255"]),
+    ("multiclass", ["sky", "road"], None, ["sky", "road"]),
+])
+def test_class_names(pairs, mode, classes, values, expected):
+    dm = datamodule(pairs, mask_mode=mode, classes=classes, mask_values=values)
+    assert dm.classes == expected
+
+
+def composed_data(overrides: list[str]):
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        return compose("train", ["task=segmentation", *overrides]).data
+
+
+def test_covid_lung_is_the_generic_folder_config_with_its_root_and_classes(monkeypatch, pairs):
+    monkeypatch.setenv("TRANSFERLAB_DATA_DIR", "/datasets")
+    lung = composed_data([])
+    assert lung.root == "/datasets/covid_lung" and list(lung.classes) == ["background", "lung"]
+    generic = composed_data(["data=segmentation_folder", f"data.root={pairs}"])
+    assert generic.classes is None and generic.mask_suffix == ""
+    assert {k: v for k, v in lung.items() if k not in ("root", "classes")} == {
+        k: v for k, v in generic.items() if k not in ("root", "classes")}
+    dm = instantiate(generic, seed=0)
+    assert dm.classes == ["background", "foreground"] and dm.mask_suffix == ""
+    suffixed = composed_data(["data=segmentation_folder", "data.root=/r", "data.mask_suffix=_mask"])
+    assert instantiate(suffixed, seed=0).mask_suffix == "_mask"
 
 
 # -- learning ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from transferlab.data.download import ensure_dataset
-from transferlab.data.images import is_image_name, load_rgb, usable_images
+from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import SeededLoaders
 from transferlab.errors import DataError
 
@@ -93,8 +93,13 @@ class ImageFolderDataModule(SeededLoaders):
         self.classes = class_folders(self.root / "train")
         if not self.classes:
             raise DataError(f"{self.root / 'train'} has no class folders (expected train/<class>/*)")
-        train = self._samples("train")
-        val = self._samples("val")
+        found = {split: self._image_files(split) for split in ("train", "val")}
+        # One decoding pass over both splits, so one run reports every bad file.
+        every_file = [p for by_class in found.values() for files in by_class.values() for p in files]
+        self.bad_files = find_bad_files(every_file, self.on_bad_file)
+        bad = {p for p, _ in self.bad_files}
+        train = self._samples("train", found["train"], bad)
+        val = self._samples("val", found["val"], bad)
         make_train = train_transform if self.augment else eval_transform
         self.train_set = LabelledImages(train, make_train(self.image_size, self.mean, self.std))
         self.val_set = LabelledImages(val, eval_transform(self.image_size, self.mean, self.std))
@@ -103,31 +108,39 @@ class ImageFolderDataModule(SeededLoaders):
             self.root, len(self.classes), self.classes, len(train), len(val),
         )
 
-    def _samples(self, split: str) -> list[tuple[Path, int]]:
+    def _image_files(self, split: str) -> dict[str, list[Path]]:
+        """Class -> the files with an image extension in `split`; other files are ignored."""
         split_dir = self.root / split
-        index = {c: i for i, c in enumerate(self.classes)}
-        extra = [c for c in class_folders(split_dir) if c not in index]
+        extra = [c for c in class_folders(split_dir) if c not in self.classes]
         if extra:
             raise DataError(
                 f"class folder(s) {extra} in {split_dir} do not exist in {self.root / 'train'}; "
                 f"the class map comes from train: {self.classes}"
             )
-        samples, ignored = [], []
+        by_class, ignored = {}, []
         for cls in class_folders(split_dir):
             files = sorted(p for p in (split_dir / cls).rglob("*") if p.is_file())
-            images = [p for p in files if is_image_name(p)]
+            by_class[cls] = [p for p in files if is_image_name(p)]
             ignored += [p for p in files if not is_image_name(p) and not p.name.startswith(".")]
-            images = usable_images(images, self.on_bad_file)
-            if not images and split == "train":
-                raise DataError(f"class folder {split_dir / cls} has no usable images")
-            samples += [(p, index[cls]) for p in images]
         if ignored:
             log.info(
                 "%s: ignored %d file(s) without an image extension: %s",
                 split, len(ignored), ", ".join(str(p.relative_to(self.root)) for p in ignored[:10]),
             )
+        return by_class
+
+    def _samples(
+        self, split: str, by_class: dict[str, list[Path]], bad: set[Path]
+    ) -> list[tuple[Path, int]]:
+        samples = []
+        for cls, files in by_class.items():
+            images = [p for p in files if p not in bad]
+            if not images and split == "train":
+                raise DataError(f"class folder {self.root / split / cls} has no usable images")
+            label = self.classes.index(cls)
+            samples += [(p, label) for p in images]
         if not samples:
-            raise DataError(f"{split_dir} has no usable images")
+            raise DataError(f"{self.root / split} has no usable images")
         return samples
 
     def feature_sources(self, augmented: bool) -> dict[str, LabelledImages]:

@@ -2,8 +2,10 @@
 
 Policy: files whose extension is not an image extension (torchvision's list: the ants/bees
 placeholder `imageNotFound.gif` among them) are ignored and counted in the log. Files with an
-image extension that do not decode are "bad": `on_bad_file=error` stops before training naming
-the file, `warn` skips each with a warning line, `skip` skips them with one summary line.
+image extension that do not decode are "bad". A DataModule decodes every candidate file of every
+split in one pass (`find_bad_files`), so one run reports all of them: `on_bad_file=error` stops
+before training with a `BadFilesError` listing them, `warn` skips each with a warning line, `skip`
+skips them with one line naming them. The caller writes the full list to `bad_files.txt`.
 """
 
 import logging
@@ -14,7 +16,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from transferlab.errors import ConfigError, DataError
+from transferlab.errors import BadFilesError, ConfigError, first_few
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +56,27 @@ def check_policy(on_bad_file: str) -> None:
         raise ConfigError(f"data.on_bad_file={on_bad_file!r}; choose one of {BAD_FILE_POLICIES}")
 
 
-def usable_images(files: list[Path], on_bad_file: str, workers: int = 8) -> list[Path]:
-    """Keep the files that decode; apply the bad-file policy to the rest."""
+def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8) -> list[tuple[Path, str]]:
+    """Decode all `files` in one pass and apply the bad-file policy to those that fail: raise a
+    BadFilesError listing every one, or log them and return them, as (path, reason), for the
+    caller to leave out."""
     with ThreadPoolExecutor(workers) as pool:
         problems = list(pool.map(decode_problem, files))
     bad = [(f, why) for f, why in zip(files, problems) if why]
-    if bad and on_bad_file == "error":
-        listing = "\n".join(f"  {f}: {why}" for f, why in bad[:20])
-        raise DataError(
-            f"{len(bad)} image file(s) cannot be decoded:\n{listing}\n"
-            "Remove or fix them, or set data.on_bad_file=skip (or warn) to train without them."
-        )
-    for f, why in bad:
-        if on_bad_file == "warn":
+    if not bad:
+        return []
+    if on_bad_file == "error":
+        raise BadFilesError(bad)
+    if on_bad_file == "warn":
+        for f, why in bad:
             log.warning("skipping bad image %s (%s)", f, why)
-    if bad:
-        log.info("skipped %d bad image file(s)", len(bad))
-    return [f for f, why in zip(files, problems) if not why]
+    log.info(
+        "skipped %d bad image file(s) (all in bad_files.txt of the run dir): %s",
+        len(bad), first_few([str(f) for f, _ in bad], ", "),
+    )
+    return bad
+
+
+def write_bad_files(path: Path, bad: list[tuple[Path, str]]) -> None:
+    """One `<file>\t<reason>` line per bad file."""
+    path.write_text("".join(f"{f}\t{why}\n" for f, why in bad))

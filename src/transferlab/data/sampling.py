@@ -92,6 +92,7 @@ class SeededLoaders(L.LightningDataModule):
         self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.bad_files: list[tuple[Path, str]] = []  # (file, reason) skipped at setup: bad_files.txt
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

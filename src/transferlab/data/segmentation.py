@@ -1,8 +1,9 @@
-"""Paired image/mask folders (`root/{train,val}/{images,masks}/<id>.<ext>`) as a LightningDataModule.
+"""Paired image/mask folders as a LightningDataModule.
 
-Images and masks pair by file stem. Masks become class-id maps: `binary` masks are foreground
-where the pixel value is >= `mask_threshold` (128 suits 0/255 masks, 1 suits 0/1 masks);
-`multiclass` masks hold class ids, or the values that `mask_values` lists in class order.
+`root/{train,val}/images/<id>.<ext>` pairs with `root/{train,val}/masks/<id><mask_suffix>.<ext>`
+(by file stem; the extensions may differ). Masks become class-id maps: `binary` masks are
+foreground where the pixel value is >= `mask_threshold` (128 suits 0/255 masks, 1 suits 0/1
+masks); `multiclass` masks hold class ids, or the values that `mask_values` lists in class order.
 """
 
 import logging
@@ -16,13 +17,14 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from transferlab.data.images import is_image_name, load_rgb, usable_images
+from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import SeededLoaders
-from transferlab.errors import ConfigError, DataError
+from transferlab.errors import ConfigError, DataError, first_few
 
 log = logging.getLogger(__name__)
 
 MASK_MODES = ("binary", "multiclass")
+SPLITS = ("train", "val")
 Pair = tuple[Path, Path]
 
 
@@ -106,8 +108,9 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
 
 
 class SegmentationFolderDataModule(SeededLoaders):
-    """Train/val image-mask pairs, checked once at setup before any training step: unpaired files
-    and size mismatches are errors naming the file; undecodable files follow `on_bad_file`."""
+    """Train/val image-mask pairs, checked once at setup before any training step, both splits
+    together: unpaired files and size mismatches are errors naming every one; undecodable files
+    follow `on_bad_file`."""
 
     def __init__(
         self,
@@ -122,6 +125,7 @@ class SegmentationFolderDataModule(SeededLoaders):
         mask_threshold: int = 128,
         mask_values: list[int] | None = None,
         classes: list[str] | None = None,
+        mask_suffix: str = "",
         on_bad_file: str = "error",
         pin_memory: bool = False,
         seed: int = 0,
@@ -131,6 +135,7 @@ class SegmentationFolderDataModule(SeededLoaders):
             pin_memory, seed,
         )
         self.classes = class_names(mask_mode, classes, mask_values)
+        self.mask_suffix = mask_suffix or ""
         self.encode_mask = MaskEncoding(
             mask_mode, len(self.classes), mask_threshold, list(mask_values) if mask_values else None
         )
@@ -138,7 +143,23 @@ class SegmentationFolderDataModule(SeededLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, val = self._pairs("train"), self._pairs("val")
+        found = {split: self._stem_pairs(split) for split in SPLITS}
+        unpaired = [line for _, lines in found.values() for line in lines]
+        if unpaired:
+            raise DataError(self._unpaired_message(unpaired))
+        # One decoding pass over the images and masks of both splits, so one run reports them all.
+        every_file = [f for pairs, _ in found.values() for pair in pairs for f in pair]
+        self.bad_files = find_bad_files(every_file, self.on_bad_file)
+        bad = {f for f, _ in self.bad_files}
+        usable = {
+            split: [(i, m) for i, m in pairs if i not in bad and m not in bad]
+            for split, (pairs, _) in found.items()
+        }
+        check_sizes(usable["train"] + usable["val"])
+        for split, pairs in usable.items():
+            if not pairs:
+                raise DataError(f"{self.root / split} has no usable image-mask pairs")
+        train, val = usable["train"], usable["val"]
         make_train = train_transform if self.augment else eval_transform
         size, mean, std = self.image_size, self.mean, self.std
         self.train_set = SegmentationPairs(train, self.encode_mask, make_train(size, mean, std))
@@ -148,29 +169,31 @@ class SegmentationFolderDataModule(SeededLoaders):
             self.root, self.classes, len(train), len(val),
         )
 
-    def _pairs(self, split: str) -> list[Pair]:
+    def _stem_pairs(self, split: str) -> tuple[list[Pair], list[str]]:
+        """The (image, mask) pairs of `split` and a line for each file without its partner."""
         image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
         if not (image_dir.is_dir() and mask_dir.is_dir()):
             raise DataError(
-                f"dataset not found: expected {image_dir}/<id>.png and {mask_dir}/<id>.png. Put the "
-                "data there, or point data.root (or TRANSFERLAB_DATA_DIR) at it."
+                f"dataset not found: expected {image_dir}/<id>.png and "
+                f"{mask_dir}/<id>{self.mask_suffix}.png. Put the data there, or point data.root "
+                "(or TRANSFERLAB_DATA_DIR) at it."
             )
         images, masks = files_by_stem(image_dir), files_by_stem(mask_dir)
-        unpaired = [f"image without a mask: {images[s]}" for s in sorted(images.keys() - masks.keys())]
-        unpaired += [f"mask without an image: {masks[s]}" for s in sorted(masks.keys() - images.keys())]
-        if unpaired:
-            raise DataError(
-                f"{len(unpaired)} unpaired file(s) in {self.root / split} (pairs share a file name "
-                "stem):\n  " + "\n  ".join(unpaired[:20])
-            )
-        stems = sorted(images)
-        image_ok = set(usable_images([images[s] for s in stems], self.on_bad_file))
-        mask_ok = set(usable_images([masks[s] for s in stems], self.on_bad_file))
-        pairs = [(images[s], masks[s]) for s in stems if images[s] in image_ok and masks[s] in mask_ok]
-        check_sizes(pairs)
-        if not pairs:
-            raise DataError(f"{self.root / split} has no usable image-mask pairs")
-        return pairs
+        mask_of = {s: s + self.mask_suffix for s in images}
+        pairs = [(images[s], masks[m]) for s, m in mask_of.items() if m in masks]
+        unpaired = [f"image without a mask: {images[s]}" for s, m in mask_of.items()
+                    if m not in masks]
+        wanted = set(mask_of.values())
+        unpaired += [f"mask without an image: {masks[m]}" for m in masks if m not in wanted]
+        return pairs, unpaired
+
+    def _unpaired_message(self, unpaired: list[str]) -> str:
+        return (
+            f"{len(unpaired)} unpaired file(s) in {self.root}: images/<id>.<ext> pairs with "
+            f"masks/<id>{self.mask_suffix}.<ext> (data.mask_suffix={self.mask_suffix!r}); set "
+            "data.mask_suffix if your masks carry a suffix such as _mask or _label:\n  "
+            + first_few(unpaired)
+        )
 
 
 def class_names(mask_mode: str, classes: list[str] | None, mask_values: list[int] | None) -> list[str]:
@@ -201,4 +224,5 @@ def check_sizes(pairs: list[Pair]) -> None:
                 mismatched.append(f"{mask_path} is {mask.size[0]}x{mask.size[1]}, "
                                   f"its image {image.size[0]}x{image.size[1]}")
     if mismatched:
-        raise DataError("mask size differs from its image:\n  " + "\n  ".join(mismatched[:20]))
+        raise DataError(f"{len(mismatched)} mask(s) differ in size from their image:\n  "
+                        + first_few(mismatched))

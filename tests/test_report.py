@@ -249,7 +249,7 @@ def test_overrides_shared_by_every_job_are_stated_once(tmp_path):
         make_job(single, seed, ["init=he", *common, f"seed={seed}"], summary(0.6))
     (row,) = build_report(single, plots=False).rows
     assert row.configuration == "data.root=/data/x, init=he, trainer.max_epochs=3"
-    assert len(row.ok_jobs) == 2 and row.is_baseline
+    assert len(row.ok_jobs) == 2 and not row.is_baseline  # nothing is compared with it
 
 
 def test_main_defaults_to_the_latest_sweep(tmp_path, monkeypatch, capsys):
@@ -280,3 +280,140 @@ def test_main_explicit_dir_and_clear_errors(tmp_path, monkeypatch, capsys):
     make_job(tmp_path / "mine", 0, ["init=he", "seed=0"], summary(0.5))
     assert main(["mine"]) == 0
     assert (tmp_path / "mine/report.md").is_file()
+
+
+def table_header(md: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith("| configuration |"))
+
+
+# Sweeps in which no row is compared with a He row: (job overrides, best) per job; choices are
+# Hydra's defaults for the jobs whose overrides do not name init.
+NO_COMPARISON = {
+    "all he": ([(["freeze=full", "init=he"], 0.6), (["freeze=partial", "init=he"], 0.5),
+                (["freeze=gradual", "init=he"], 0.5)], None),
+    "init never varied, default pretrained": (
+        [(["freeze=full"], 0.9), (["freeze=partial"], 0.8)], None),
+    "init never varied, default he": ([(["freeze=full"], 0.6), (["freeze=partial"], 0.5)],
+                                      {"init": "he"}),
+    "seeds only, he": ([([], 0.6), ([], 0.7)], {"init": "he"}),
+}
+
+
+@pytest.mark.parametrize("case", NO_COMPARISON)
+def test_no_baseline_without_rows_to_compare(tmp_path, case):
+    jobs, choices = NO_COMPARISON[case]
+    sweep = tmp_path / "sweep"
+    for num, (overrides, best) in enumerate(jobs):
+        make_job(sweep, num, [*overrides, f"seed={num}"], summary(best), choices=choices)
+    result = build_report(sweep, plots=False)
+    assert not any(r.is_baseline or r.baseline or r.diff is not None for r in result.rows)
+
+    md = (sweep / "report.md").read_text()
+    assert "(baseline)" not in md and "Baseline rows" not in md and "Δ" not in md
+    # Header, separator and every row have the same 8 cells, so the table still renders.
+    lines = md.splitlines() + [""]
+    start = lines.index(table_header(md))
+    table_lines = lines[start:lines.index("", start)]
+    assert len(table_lines) == 2 + len(result.rows)
+    assert {line.count("|") for line in table_lines} == {9}
+
+    # The CSV keeps its columns, empty.
+    table = read_csv(sweep / "report.csv")
+    assert len(table) == len({tuple(o) for o, _ in jobs})
+    for row in table.values():
+        assert row["is_baseline"] == "0"
+        assert row["diff_vs_baseline"] == row["baseline"] == ""
+
+
+# Pretrained + He sweeps: configuration -> per-seed bests, and the expected baseline of each
+# non-He configuration.
+WITH_COMPARISON = [
+    ({"init=he": [0.50, 0.60], "init=pretrained": [0.90, 0.80]},
+     {"init=pretrained": "init=he"}),
+    ({"freeze=full, init=he": [0.6], "freeze=partial, init=he": [0.4, 0.5],
+      "freeze=full, init=pretrained": [0.9], "freeze=partial, init=pretrained": [0.7, 0.8],
+      "freeze=partial, init=default": [0.45]},
+     {"freeze=full, init=pretrained": "freeze=full, init=he",
+      "freeze=partial, init=pretrained": "freeze=partial, init=he",
+      "freeze=partial, init=default": "freeze=partial, init=he"}),
+]
+
+
+@pytest.mark.parametrize("results, baselines", WITH_COMPARISON)
+def test_he_rows_are_baselines_when_compared(tmp_path, results, baselines):
+    sweep = tmp_path / "sweep"
+    num = 0
+    for name, bests in results.items():
+        for seed, best in enumerate(bests):
+            make_job(sweep, num, [*name.split(", "), f"seed={seed}"], summary(best))
+            num += 1
+    build_report(sweep, plots=False)
+    means = {name: sum(bests) / len(bests) for name, bests in results.items()}
+    he_rows = set(baselines.values())
+
+    table = read_csv(sweep / "report.csv")
+    md = (sweep / "report.md").read_text()
+    assert "Δ vs He" in table_header(md) and "Baseline rows use He init" in md
+    for name, row in table.items():
+        assert row["is_baseline"] == ("1" if name in he_rows else "0")
+        line = next(l for l in md.splitlines() if l.startswith(f"| {name} "))
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if name in he_rows:
+            assert cells[0] == f"{name} **(baseline)**"
+            assert cells[3] == row["diff_vs_baseline"] == ""
+        else:
+            base = baselines[name]
+            expected = means[name] - means[base]
+            assert row["baseline"] == base
+            assert float(row["diff_vs_baseline"]) == pytest.approx(expected)
+            assert cells[0] == name and cells[3] == f"{expected:+.4f}"
+
+
+def test_he_row_nobody_is_compared_with_is_not_a_baseline(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (name, best) in enumerate({"freeze=full, init=he": 0.6,
+                                        "freeze=partial, init=he": 0.5,
+                                        "freeze=full, init=pretrained": 0.9}.items()):
+        make_job(sweep, num, [*name.split(", "), "seed=0"], summary(best))
+    build_report(sweep, plots=False)
+    table = read_csv(sweep / "report.csv")
+    assert table["freeze=full, init=he"]["is_baseline"] == "1"
+    assert table["freeze=partial, init=he"]["is_baseline"] == "0"
+    assert float(table["freeze=full, init=pretrained"]["diff_vs_baseline"]) == pytest.approx(0.3)
+
+
+def is_png(path: Path) -> bool:
+    """A PNG signature, an IHDR chunk with a non-empty image, and an IEND chunk at the end."""
+    data = path.read_bytes()
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[-8:-4] != b"IEND":
+        return False
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return width > 100 and height > 100
+
+
+# Sweeps whose rows overlap: identical curves and results, or none at all.
+PLOT_CASES = {
+    "identical rows, no baseline": {
+        f"freeze={f}, init=he": [(0.5, 0.6, 0.6)] * 2 for f in ("full", "gradual", "partial")},
+    "pretrained and he, identical": {
+        "init=he": [(0.5, 0.7, 0.6)], "init=pretrained": [(0.5, 0.7, 0.6)],
+        "init=default": [(0.4, 0.7, 0.65)]},
+    "long names": {
+        "backbone=convnext_tiny, freeze=feature_extraction, init=pretrained, "
+        f"optimizer.lr={lr}, data.image_size=224": [(0.5, 0.8)] for lr in (0.1, 0.01, 0.001)},
+}
+
+
+@pytest.mark.parametrize("case", PLOT_CASES)
+def test_pngs_are_valid_for_overlapping_rows(tmp_path, case):
+    sweep = tmp_path / "sweep"
+    num = 0
+    for name, curves in PLOT_CASES[case].items():
+        for seed, curve in enumerate(curves):
+            make_job(sweep, num, [*name.split(", "), f"seed={seed}"],
+                     summary(max(curve), curve=curve))
+            num += 1
+    result = build_report(sweep)
+    for name in ("curves.png", "best.png", "tradeoff.png"):
+        assert sweep / name in result.files
+        assert is_png(sweep / name), name

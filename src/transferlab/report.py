@@ -35,6 +35,7 @@ class Job:
     error: str | None
     summary: dict
     configuration: str = ""  # named once all jobs are known, see read_jobs
+    init: str | None = None  # the init choice, overridden or Hydra's default; None: unknown
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,8 @@ class Row:
     params_trainable: int | None = None
     params_total: int | None = None
     peak_memory: dict[str, float] = field(default_factory=dict)
-    is_baseline: bool = False
+    init: str | None = None
+    is_baseline: bool = False  # some other row is compared with this (He) row
     baseline: str | None = None  # the He row this row is compared with
     diff: float | None = None
 
@@ -106,6 +108,12 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _choices(path: Path) -> dict:
+    """Hydra's config-group choices of the job (init, freeze, ...), overridden or default."""
+    hydra = (_yaml(path / ".hydra/hydra.yaml") or {}).get("hydra") or {}
+    return (hydra.get("runtime") or {}).get("choices") or {}
+
+
 def read_job(path: Path) -> Job:
     overrides = _yaml(path / ".hydra/overrides.yaml") or []
     settings = {}
@@ -113,19 +121,20 @@ def read_job(path: Path) -> Job:
         key, _, value = str(item).partition("=")
         if key.lstrip("+~") != "seed":
             settings[key] = value
+    choices = _choices(path)
     if not settings:
         # A job with only a seed override is the defaults; name it by what those defaults are.
-        choices = ((_yaml(path / ".hydra/hydra.yaml") or {}).get("hydra") or {}).get("runtime", {})
-        choices = choices.get("choices") or {}
         settings = {k: str(choices[k]) for k in ("init", "freeze", "backbone") if k in choices}
+    init = settings.get("init", choices.get("init"))
+    init = None if init is None else str(init)
 
     summary_path = path / "summary.json"
     if not summary_path.is_file():
-        return Job(path, settings, "missing", "no summary.json (job never started)", {})
+        return Job(path, settings, "missing", "no summary.json (job never started)", {}, init=init)
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError) as err:
-        return Job(path, settings, "unreadable", f"summary.json: {err}", {})
+        return Job(path, settings, "unreadable", f"summary.json: {err}", {}, init=init)
     status, error = str(summary.get("status")), summary.get("error")
     if status == "running":
         # Nothing is left running when the report is made, so a `running` job was killed.
@@ -133,7 +142,7 @@ def read_job(path: Path) -> Job:
         error = error or f"stopped after {summary.get('epochs_completed', 0)} epoch(s)"
     elif status == "completed" and _number(summary.get("best")) is None:
         error = error or f"no value of {summary.get('monitor') or 'the monitor'} was recorded"
-    return Job(path, settings, status, error, summary)
+    return Job(path, settings, status, error, summary, init=init)
 
 
 def _name(settings: dict[str, str]) -> str:
@@ -165,7 +174,7 @@ def summarise(jobs: list[Job]) -> list[Row]:
         groups[job.configuration].append(job)
     rows = []
     for name, group in groups.items():
-        row = Row(name, group[0].settings, group)
+        row = Row(name, group[0].settings, group, init=group[0].init)
         ok = row.ok_jobs
         bests = [float(j.summary["best"]) for j in ok]
         if bests:
@@ -195,18 +204,21 @@ def sort_rows(rows: list[Row], mode: str) -> list[Row]:
 
 
 def mark_baselines(rows: list[Row]) -> None:
+    """Compares every non-He row with a He row; a He row is a baseline only if one is compared
+    with it. A sweep without both (all He, or init never He) has no baselines and no Δ."""
     key, value = BASELINE
-    baselines = [r for r in rows if r.settings.get(key) == value]
-    for row in baselines:
-        row.is_baseline = True
-    for row in rows:
-        if row.is_baseline or not baselines:
-            continue
-        # With several He rows, compare against the one with results that shares most of the
-        # other settings; max keeps the first, i.e. best-ranked, of equally close ones.
-        candidates = [b for b in baselines if b.best_mean is not None] or baselines
+    he = [r for r in rows if r.init == value]
+    # A row whose init is unknown (damaged .hydra files) might be He itself: leave it out.
+    others = [r for r in rows if r.init is not None and r.init != value]
+    if not he or not others:
+        return
+    # With several He rows, compare against the one with results that shares most of the
+    # other settings; max keeps the first, i.e. best-ranked, of equally close ones.
+    candidates = [b for b in he if b.best_mean is not None] or he
+    for row in others:
         base = max(candidates, key=lambda b: sum(
             b.settings.get(k) == v for k, v in row.settings.items() if k != key))
+        base.is_baseline = True
         row.baseline = base.configuration
         if row.best_mean is not None and base.best_mean is not None:
             row.diff = row.best_mean - base.best_mean
@@ -250,16 +262,20 @@ def to_markdown(sweep_dir: Path, rows: list[Row], problems: list[Job], monitor: 
                 notes: list[str]) -> str:
     n_jobs = sum(len(r.jobs) for r in rows)
     direction = "higher" if mode == "max" else "lower"
+    # Δ only means something when some row is compared with a He row (see mark_baselines).
+    compared = any(r.baseline is not None for r in rows)
     lines = [
         f"# Sweep report: {sweep_dir}", "",
         f"Monitor `{monitor}` ({direction} is better). {n_jobs} jobs, "
         f"{n_jobs - len(problems)} completed, {len(problems)} failed or unfinished.",
-        "n counts completed seeds. Baseline rows use He init (`init=he`); "
-        "Δ is a row's mean best minus its baseline's.",
+        "n counts completed seeds." + (
+            " Baseline rows use He init (`init=he`); Δ is a row's mean best minus its baseline's."
+            if compared else ""),
         *notes, "",
-        f"| configuration | n | best {monitor} (mean ± std) | Δ vs He | best epoch | s/epoch "
-        "| total s | params trainable / total | peak memory MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| configuration | n | best {monitor} (mean ± std) |"
+        + (" Δ vs He |" if compared else "")
+        + " best epoch | s/epoch | total s | params trainable / total | peak memory MB |",
+        "|---|---:|---:|" + ("---:|" if compared else "") + "---:|---:|---:|---:|---|",
     ]
     for r in rows:
         name = _cell(r.configuration) + (" **(baseline)**" if r.is_baseline else "")
@@ -271,8 +287,9 @@ def to_markdown(sweep_dir: Path, rows: list[Row], problems: list[Job], monitor: 
                            for k, v in sorted(r.peak_memory.items()))
         n = len(r.ok_jobs)
         seeds = str(n) if n == len(r.jobs) else f"{n} of {len(r.jobs)}"
+        diff = f" {_fmt(r.diff, '+.4f')} |" if compared else ""
         lines.append(
-            f"| {name} | {seeds} | {best} | {_fmt(r.diff, '+.4f')} | "
+            f"| {name} | {seeds} | {best} |{diff} "
             f"{_fmt(r.best_epoch_mean, '.1f')} | {_fmt(r.time_per_epoch_s, '.2f')} | "
             f"{_fmt(r.time_total_s, '.1f')} | {params} | {memory} |"
         )
@@ -285,8 +302,39 @@ def to_markdown(sweep_dir: Path, rows: list[Row], problems: list[Job], monitor: 
     return "\n".join(lines) + "\n"
 
 
-def _label(name: str) -> str:
-    return textwrap.fill(name, 40)
+def _label(name: str, width: int = 40) -> str:
+    return textwrap.fill(name, width)
+
+
+# Each row gets a colour, a marker and a line style of its own (by its place in the table, so a
+# row looks the same in every plot): the first 40 rows differ in colour and marker together.
+# Rows with identical results sort next to each other, so sizes cycle too: of three neighbours,
+# one is large and hollow, one medium and hollow and one small and filled, on thick, medium and
+# thin lines, the thinner drawn on top, so identical curves and points nest instead of hiding.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+SIZES = ((12.0, 3.5, "none"), (8.0, 2.0, "none"), (5.5, 1.0, None))  # marker, line, face
+
+
+def _style(index: int) -> dict:
+    markersize, linewidth, face = SIZES[index % len(SIZES)]
+    color = f"C{index % 10}"
+    return {"color": color, "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINESTYLES[index % len(LINESTYLES)], "markersize": markersize,
+            "linewidth": linewidth, "markerfacecolor": face or color, "markeredgewidth": 1.5,
+            "zorder": 2 + index % len(SIZES)}
+
+
+def _legend_label(index: int, row: Row) -> str:
+    # Numbered as in the table (best first), so a plot entry is easy to find there.
+    tag = " (He baseline)" if row.is_baseline else ""
+    return _label(f"{index + 1}. {row.configuration}{tag}")
+
+
+def _legend(ax) -> None:
+    # Outside the axes, to the right: it never hides data, whatever the number of rows.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+              handlelength=3, labelspacing=0.8)
 
 
 def _save(fig: Figure, path: Path, has_data: bool) -> None:
@@ -300,7 +348,7 @@ def plot_curves(rows: list[Row], monitor: str, path: Path) -> None:
     fig = Figure(figsize=(9, 5))
     ax = fig.add_subplot()
     drawn = False
-    for r in rows:
+    for index, r in enumerate(rows):
         per_epoch: dict[int, list[float]] = defaultdict(list)
         for job in r.ok_jobs:
             for h in job.summary.get("history") or []:
@@ -310,45 +358,58 @@ def plot_curves(rows: list[Row], monitor: str, path: Path) -> None:
             continue
         epochs = sorted(per_epoch)
         values = [np.array(per_epoch[e]) for e in epochs]
-        (line,) = ax.plot(epochs, [v.mean() for v in values], marker=".",
-                          label=_label(r.configuration))
+        style = _style(index)
+        ax.plot(epochs, [v.mean() for v in values], **style, alpha=0.85,
+                label=_legend_label(index, r))
         # Seeds may stop at different epochs; each epoch's band covers the seeds that reached it.
         ax.fill_between(epochs, [v.min() for v in values], [v.max() for v in values],
-                        color=line.get_color(), alpha=0.2)
+                        color=style["color"], alpha=0.12, linewidth=0)
         drawn = True
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     ax.set(xlabel="epoch", ylabel=monitor,
            title=f"{monitor} per epoch (mean, min–max over seeds)")
     if drawn:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        _legend(ax)
     _save(fig, path, drawn)
 
 
 def plot_best(rows: list[Row], monitor: str, path: Path) -> None:
     done = [r for r in rows if r.best_mean is not None]
-    fig = Figure(figsize=(8, 1.5 + 0.45 * max(len(done), 1)))
+    labels = [_label(r.configuration, 50) for r in done]
+    # Room for every line of the wrapped names, so long ones do not run into each other.
+    n_lines = sum(label.count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(9, 1.5 + 0.3 * max(len(done), 1) + 0.15 * n_lines))
     ax = fig.add_subplot()
     y = np.arange(len(done))
     ax.barh(y, [r.best_mean for r in done], xerr=[r.best_std or 0 for r in done], capsize=3,
             color=["tab:orange" if r.is_baseline else "tab:blue" for r in done])
-    ax.set_yticks(y, [_label(r.configuration) for r in done], fontsize=7)
+    ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()  # best row on top, as in the table
-    ax.set(xlabel=f"best {monitor} (mean ± std; orange: He baseline)",
-           title="best per configuration")
+    ax.grid(axis="x", alpha=0.3)
+    key = "; orange: He baseline" if any(r.is_baseline for r in done) else ""
+    ax.set(xlabel=f"best {monitor} (mean ± std{key})", title="best per configuration")
     _save(fig, path, bool(done))
 
 
 def plot_tradeoff(rows: list[Row], monitor: str, path: Path) -> None:
-    done = [r for r in rows if r.best_mean is not None and r.time_per_epoch_s is not None]
-    fig = Figure(figsize=(8, 5))
+    fig = Figure(figsize=(9, 5))
     ax = fig.add_subplot()
-    for r in done:
-        color = "tab:orange" if r.is_baseline else "tab:blue"
-        ax.scatter(r.time_per_epoch_s, r.best_mean, color=color)
-        ax.annotate(_label(r.configuration), (r.time_per_epoch_s, r.best_mean), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    drawn = False
+    for index, r in enumerate(rows):
+        if r.best_mean is None or r.time_per_epoch_s is None:
+            continue
+        # A legend instead of labels at the points: close or identical points cannot make it
+        # unreadable, and their nested markers (see _style) stay visible.
+        style = {**_style(index), "linestyle": "none", "markeredgewidth": 2.0}
+        ax.plot([r.time_per_epoch_s], [r.best_mean], **style, label=_legend_label(index, r))
+        drawn = True
+    ax.grid(alpha=0.3)
+    ax.margins(0.1)
     ax.set(xlabel="time per epoch (s)", ylabel=f"mean best {monitor}", title="quality vs cost")
-    _save(fig, path, bool(done))
+    if drawn:
+        _legend(ax)
+    _save(fig, path, drawn)
 
 
 def build_report(sweep_dir: Path, plots: bool = True) -> ReportResult:

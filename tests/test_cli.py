@@ -1,22 +1,26 @@
+"""`transferlab-train` run as a user runs it: from a fresh directory, no hydra.run.dir."""
+
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cli import TINY, run_cli
+from cli import TINY, console, run_cli, the_run_dir
 from transferlab.modules.classification import ClassificationModule
 
 
 def test_train_on_real_ants_bees(hymenoptera, tmp_path):
-    run_dir = tmp_path / "run"
     result = run_cli(
-        "transferlab-train", *TINY, f"data.root={hymenoptera}", f"hydra.run.dir={run_dir}",
-        "freeze=gradual", "freeze.head_epochs=1", cwd=tmp_path,
+        "transferlab-train", *TINY, f"data.root={hymenoptera}", "freeze=gradual",
+        "freeze.head_epochs=1", cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, console(result)[-3000:]
+    run_dir = the_run_dir(tmp_path)
+    shown = run_dir.relative_to(tmp_path)
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["monitor"] == "val/acc"
@@ -27,13 +31,26 @@ def test_train_on_real_ants_bees(hymenoptera, tmp_path):
     assert 0 < summary["params_trainable"] < summary["params_total"]
 
     ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)
+    best = f"best-epoch{summary['best_epoch']:03d}.ckpt"
+    assert {"last.ckpt", best} <= ckpts
+    assert Path(summary["best_checkpoint"]) == run_dir / "checkpoints" / best
     model = ClassificationModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert model.hparams.class_names == ["ants", "bees"]
 
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # The console says where things went, at the start and in a closing block, and no more.
+    out = console(result)
+    assert f"run dir {shown}" in out
+    closing = out[out.index("run finished:"):]
+    for line in ("status      completed", f"best        val/acc {summary['best']:.4f} at epoch",
+                 f"checkpoint  {shown}/checkpoints/{best}", f"view        tensorboard --logdir {shown}"):
+        assert line in closing, closing
+    for noise in ("_target_", "💡 Tip", "Total Flops", "FutureWarning", "LeafSpec", "Seed set to"):
+        assert noise not in out, noise
+
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     log = (run_dir / "train.log").read_text()
     assert "stages (GradualUnfreezing" in log and "epoch 1: unfroze layer4" in log
+    assert "run finished:" in log
 
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
@@ -46,44 +63,86 @@ def test_train_on_real_ants_bees(hymenoptera, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["data.root={tmp}/nowhere", "data.download_url=null"], "{tmp}/nowhere/train"),
     (["data.root={data}", "model.num_classes=5"], "model.num_classes=5 but"),
+    (["data.root={data}", "+trainer.max_epoch=1"], "trainer.max_epoch (did you mean max_epochs"),
 ])
-def test_failure_before_training_is_recorded(hymenoptera, tmp_path, args, message):
-    run_dir = tmp_path / "run"
+def test_failure_before_training_is_recorded_and_explained(hymenoptera, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, data=hymenoptera) for a in args]
-    result = run_cli("transferlab-train", *TINY, *args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert result.returncode != 0
-    assert message.format(tmp=tmp_path) in result.stderr
+    message = message.format(tmp=tmp_path)
+    result = run_cli("transferlab-train", *TINY, *args, cwd=tmp_path)
+    assert result.returncode == 1
+    run_dir = the_run_dir(tmp_path)
+    out = console(result)
+    closing = out[out.index("run failed:"):]
+    assert "status      failed" in closing and message in closing
+    assert f"log         {run_dir.relative_to(tmp_path)}/train.log" in closing
+    assert "Traceback" not in out  # the message is the whole story
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and message.format(tmp=tmp_path) in summary["error"]
+    assert summary["status"] == "failed" and message in summary["error"]
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trainer_without_a_gpu_names_the_fix(hymenoptera, tmp_path):
+    result = run_cli("transferlab-train", *TINY, "trainer=gpu", f"data.root={hymenoptera}",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no CUDA GPU" in result.stdout and "trainer=cpu" in result.stdout
+
+
+def test_resume_of_a_missing_dir_says_so_and_creates_nothing(tmp_path):
+    result = run_cli("transferlab-train", "resume=outputs/runs/typo", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "resume=outputs/runs/typo: does not exist" in console(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--cfg", "job"], ["freeze=nonsense"], ["no_such_key=1"],
+    ["resume=outputs/nowhere"],
+], ids=" ".join)
+def test_answers_without_loading_torch(tmp_path, args):
+    """--help, --cfg and config errors answer in about a second because only Hydra is imported
+    (torch, torchvision and Lightning take ~10 s to import on a small CPU)."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('heavy modules:', sorted(\n"
+        "    m for m in ('torch', 'torchvision', 'lightning') if m in sys.modules)))\n"
+        f"sys.argv = ['transferlab-train', *{args!r}]\n"
+        "from transferlab.train import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert "heavy modules: []" in result.stdout, console(result)[-2000:]
 
 
 def test_ddp_inside_a_multirun_is_refused_with_a_clear_message(tmp_path):
     result = run_cli(
         "transferlab-train", "-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "seed=0,1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+        cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "cannot run inside a Hydra multirun" in result.stderr
-    assert "ddp_spawn" in result.stderr
+    assert "cannot run inside a Hydra multirun" in console(result)
+    assert "ddp_spawn" in console(result)
 
 
 def test_ddp_on_two_cpu_processes_writes_one_run_with_ranks_in_sync(hymenoptera, tmp_path):
-    run_dir, dump = tmp_path / "run", tmp_path / "ranks"
+    dump = tmp_path / "ranks"
     result = run_cli(
         "transferlab-train", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        f"data.root={hymenoptera}", f"hydra.run.dir={run_dir}", "data.image_size=32",
+        f"data.root={hymenoptera}", "data.image_size=32",
         # layer4 thaws after the model is wrapped: its gradients must still be all-reduced
         "freeze=gradual", "freeze.head_epochs=1", "freeze.unfreeze_every=1",
         "+callbacks.rank_weights._target_=rank_weights.SaveRankWeights",
         f"+callbacks.rank_weights.dirpath={dump}",
-        cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)},
+        cwd=tmp_path / "work", env={"PYTHONPATH": str(Path(__file__).parent)},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, console(result)[-3000:]
+    run_dir = the_run_dir(tmp_path / "work")  # the second rank did not start a run of its own
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 2
     assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
-    assert not list(tmp_path.glob("outputs"))  # the second rank did not start a run of its own
+    assert console(result).count("run finished:") == 1
 
     rank0, rank1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks drifted apart"

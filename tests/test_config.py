@@ -8,6 +8,7 @@ from omegaconf import open_dict
 
 from transferlab.models.backbones import classification_models
 from transferlab.strategies import FreezeStrategy
+from transferlab.fit import swept_hparams
 from transferlab.train import config_dir
 
 CONF = Path(config_dir())
@@ -41,7 +42,8 @@ def test_the_public_groups_and_options_exist():
 )
 def test_every_option_composes_and_instantiates(tmp_path, override, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_DATA_DIR", str(tmp_path / "datasets"))
-    extra = ["data.root=/my/images"] if override == "data=image_folder" else []
+    needs_root = override in ("data=image_folder", "data=segmentation_folder")
+    extra = ["data.root=/my/images"] if needs_root else []
     cfg = composed(tmp_path, [override, *extra])
     assert cfg.backbone.name in classification_models()
     assert isinstance(instantiate(cfg.freeze), FreezeStrategy)
@@ -81,3 +83,10 @@ def test_slurm_launcher_config_composes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = composed(tmp_path, ["hydra/launcher=slurm", "trainer=ddp"])
     assert cfg.hydra.launcher.tasks_per_node == 2
+
+
+def test_hparams_name_the_backbone_actually_used(tmp_path):
+    hparams = swept_hparams(composed(tmp_path, ["backbone.name=efficientnet_b0", "freeze=partial"]))
+    assert hparams["backbone"] == "efficientnet_b0" and hparams["backbone.name"] == "efficientnet_b0"
+    assert hparams["freeze"] == "partial" and hparams["init"] == "pretrained"
+    assert not [k for k in hparams if k.startswith("choice/")]

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from cli import BIN, TINY, run_cli
+from cli import BIN, TINY, console, run_cli, the_run_dir
 
 EPOCHS = 5
 ARGS = [
@@ -27,32 +27,38 @@ def weights(run_dir):
 
 
 def test_killed_run_resumes_in_its_own_dir_and_ends_like_an_uninterrupted_one(hymenoptera, tmp_path):
+    """As a user does it: plain runs in the default layout, `resume=<run dir>` from the same
+    directory; nothing passes hydra.run.dir."""
     data = f"data.root={hymenoptera}"
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    result = run_cli("transferlab-train", *ARGS, data, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    straight, work = tmp_path / "straight", tmp_path / "work"
+    result = run_cli("transferlab-train", *ARGS, data, cwd=straight)
+    assert result.returncode == 0, console(result)[-3000:]
+    straight = the_run_dir(straight)
 
     # Kill -9 in the middle of the gradual-unfreezing schedule, after two epochs.
+    work.mkdir()
     proc = subprocess.Popen(
-        [str(BIN / "transferlab-train"), *ARGS, data, f"hydra.run.dir={killed}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        [str(BIN / "transferlab-train"), *ARGS, data], cwd=work, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 240
-    while summary(killed).get("epochs_completed", 0) < 2:
+    while not list(work.glob("outputs/runs/*/*/summary.json")) or summary(
+        the_run_dir(work)).get("epochs_completed", 0) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "run ended before the kill"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    killed = the_run_dir(work)
     interrupted = summary(killed)
     assert interrupted["status"] == "running" and interrupted["epochs_completed"] < EPOCHS
 
-    result = run_cli("transferlab-train", f"resume={killed}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("transferlab-train", f"resume={killed.relative_to(work)}", cwd=work)
+    assert result.returncode == 0, console(result)[-3000:]
+    assert the_run_dir(work) == killed, "resume wrote outside its run dir"
     resumed = summary(killed)
     assert resumed["status"] == "completed"
     assert [h["epoch"] for h in resumed["history"]] == list(range(EPOCHS))
-    assert not (tmp_path / "outputs").exists(), "resume wrote outside its run dir"
+    assert f"run dir {killed.relative_to(work)}" in result.stdout
 
     # Same seed and config on the CPU: identical metrics and weights, killed or not.
     expected = summary(straight)

@@ -18,15 +18,16 @@ def sweep(tmp_path_factory):
 
     root = real_dataset("hymenoptera")
     tmp = tmp_path_factory.mktemp("sweep")
-    sweep_dir = tmp / "multirun"
     result = run_cli(
         "transferlab-train", "-m", *TINY, f"data.root={root}", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=2", "data.image_size=32", "freeze=feature_extraction,full",
-        "seed=0,1", "optimizer.lr=0.001,-1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp, timeout=600,
+        "seed=0,1", "optimizer.lr=0.001,-1", cwd=tmp, timeout=600,
     )
+    sweeps = list((tmp / "outputs" / "multirun").glob("*/*"))  # Hydra's default layout
+    assert len(sweeps) == 1, sweeps
     # Hydra runs every job, then reports the failed ones with a non-zero exit.
     assert result.returncode != 0 and "Invalid learning rate" in result.stderr
-    return sweep_dir
+    return sweeps[0]
 
 
 def summaries(sweep_dir):
@@ -46,7 +47,8 @@ def test_every_job_has_its_own_run_dir_and_summary(sweep):
 
 
 def test_report_numbers_equal_the_jobs_own_summaries(sweep):
-    result = run_cli("transferlab-report", str(sweep), cwd=sweep)
+    # No argument: the latest sweep under ./outputs/multirun, from where the sweep ran.
+    result = run_cli("transferlab-report", cwd=sweep.parents[3])
     assert result.returncode == 0, result.stderr
     assert "|" in result.stdout  # the table is printed
 
@@ -81,5 +83,6 @@ def test_hparams_tab_gets_swept_values_and_the_real_best_metric(sweep):
     ]
     assert len(starts) == 1
     hparams = starts[0].hparams
-    assert {"freeze", "seed", "optimizer.lr", "choice/backbone"} <= set(hparams)
+    assert {"freeze", "init", "backbone", "seed", "optimizer.lr"} <= set(hparams)
+    assert hparams["backbone"].string_value == "resnet18"
     assert events.Scalars("hp/best")[-1].value == pytest.approx(summary["best"])

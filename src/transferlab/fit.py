@@ -1,36 +1,48 @@
-"""`transferlab-train`: the Hydra app that composes data, model, strategy and trainer."""
+"""One training run: compose data, model, freeze strategy and trainer from the config and fit.
 
+`transferlab.train` (the Hydra app) imports this module only once a run starts, so `--help`,
+`--cfg` and config errors answer without loading torch and Lightning.
+"""
+
+import difflib
+import inspect
 import logging
 import warnings
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.callbacks import EpochSeed
-from transferlab.errors import ConfigError
-from transferlab.summary import RunSummary, update_summary
+from transferlab.data.images import write_bad_files
+from transferlab.errors import BadFilesError, ConfigError
+from transferlab.summary import RunSummary
 
 log = logging.getLogger("transferlab")
 
-OmegaConf.register_new_resolver(
-    "unless_resuming", lambda resume, value: None if resume else value, replace=True
+# Console noise filtered where it comes from, one message each (never all warnings):
+# - frozen stages sit in eval mode on purpose (BatchNorm statistics stay put, Dropout is off);
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+# - Lightning's own pytree helper uses a class that torch has deprecated: nothing a user can act on.
+warnings.filterwarnings(
+    "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
 )
 
-# Frozen stages sit in eval mode on purpose (BatchNorm statistics stay put, Dropout is off).
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
+class _DropLightningAdverts(logging.Filter):
+    """Lightning's product tip and its TPU line say nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("💡 Tip:") or message.startswith("TPU available"))
 
 
-def config_dir() -> str:
-    """The configs ship inside the wheel; an editable install reads the repo's `conf/`."""
-    packaged = Path(__file__).parent / "conf"
-    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropLightningAdverts())
 
 
 def plain(cfg: DictConfig | None) -> dict | None:
@@ -62,43 +74,62 @@ def check_multirun_strategy(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
         )
 
 
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """Settings the Trainer would reject, named with their fix before anything is built."""
+    accepted = inspect.signature(L.Trainer.__init__).parameters
+    unknown = [k for k in trainer_cfg if k != "_target_" and k not in accepted]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(accepted), n=3, cutoff=0.5)
+            hints.append(f"trainer.{key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(
+            f"lightning.pytorch.Trainer has no argument {'; '.join(hints)}. "
+            "The Trainer's arguments are listed in conf/trainer/default.yaml (transferlab-train "
+            "--cfg job shows them) and set without '+': trainer.<name>=<value>"
+        )
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but torch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}). Use trainer=cpu, or trainer=default, which picks the "
+            "GPU when there is one."
+        )
+
+
 def swept_hparams(cfg: DictConfig) -> dict:
-    """The settings worth comparing across runs: group choices, the overrides, seed, lr."""
+    """The settings worth comparing across runs, by group name (`freeze`, `init`, ...): the
+    group choices, the command-line overrides, and the values actually used."""
     hc = HydraConfig.get()
-    params = {f"choice/{k}": v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    params = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     for override in hc.overrides.task:
         key, _, value = override.partition("=")
         params[key.lstrip("+~")] = value
+    # `backbone.name=x` changes the network without changing the group choice.
     params |= {"seed": cfg.seed, "backbone": cfg.backbone.name, "lr": cfg.optimizer.lr}
     return {k: str(v) if v is None else v for k, v in params.items()}
 
 
-def restore_run(run_dir: Path) -> tuple[DictConfig, Path]:
-    """The saved config and last checkpoint of a run to continue."""
-    others = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-    if others:
-        raise ConfigError(
-            f"resume restores the run's saved config; drop the other overrides {others} "
-            "(start a new run to change settings)"
-        )
-    saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
-    if not saved.is_file():
-        raise ConfigError(f"resume={run_dir}: no config.yaml there, so it is not a transferlab run dir")
-    if not last.is_file():
-        raise ConfigError(f"resume={run_dir}: {last} does not exist; the run never finished an epoch")
-    log.info("resuming %s from %s", run_dir, last)
-    return OmegaConf.load(saved), last
-
-
-def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float | None:
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> None:
+    if logging.getLogger().handlers:
+        # `import lightning` gives its logger a console handler of its own; the root logger that
+        # Hydra set up already prints to the console and train.log, so each line came twice.
+        logging.getLogger("lightning").handlers.clear()
     check_multirun_strategy(cfg, HydraConfig.get())
-    L.seed_everything(cfg.seed, workers=True)
+    check_trainer(cfg.trainer)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     init = instantiate(cfg.init)
     mean, std = init.normalization(cfg.backbone.name)
     datamodule = instantiate(cfg.data, mean=cfg.data.get("mean") or mean, std=cfg.data.get("std") or std)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    try:
+        datamodule.setup("fit")
+    except BadFilesError as err:
+        write_bad_files(run_dir / "bad_files.txt", err.bad)
+        raise
+    if datamodule.bad_files:
+        write_bad_files(run_dir / "bad_files.txt", datamodule.bad_files)
 
     num_classes = cfg.model.get("num_classes") or len(datamodule.classes)
     if num_classes != len(datamodule.classes):
@@ -126,31 +157,3 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> floa
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    return summary.best
-
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        ckpt_path = None
-        if cfg.get("resume"):
-            cfg, ckpt_path = restore_run(run_dir)
-        elif rank_zero_only.rank == 0:
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        log.info("config:\n%s", OmegaConf.to_yaml(cfg))
-        return train(cfg, run_dir, ckpt_path)
-    except BaseException as err:
-        # The trainer records failures it sees; this catches the ones before it (bad data, config).
-        if rank_zero_only.rank == 0:
-            update_summary(
-                run_dir / "summary.json",
-                monitor=cfg.get("monitor"),
-                status="failed",
-                error=f"{type(err).__name__}: {err}",
-            )
-        raise
-
-
-if __name__ == "__main__":
-    main()

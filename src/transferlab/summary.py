@@ -73,8 +73,16 @@ class RunSummary(Callback):
             params_total=total,
             peak_memory=peak_memory_mb(),
             history=self.history,
+            best_checkpoint=self.best_checkpoint(trainer),
             **extra,
         )
+
+    def best_checkpoint(self, trainer: L.Trainer) -> str | None:
+        """The file of the checkpoint callback that follows this run's monitor, once it saved."""
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "monitor", None) == self.monitor and callback.best_model_path:
+                return callback.best_model_path
+        return None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()

@@ -1,0 +1,141 @@
+"""`transferlab-train`: the Hydra app. It imports only Hydra at start, so `--help`, `--cfg job`
+and config errors answer at once; torch and Lightning load when a run starts (`transferlab.fit`).
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.errors import ConfigError, DataError
+
+log = logging.getLogger("transferlab")
+
+# Errors whose message is the whole story: a single run prints it and exits 1, no traceback.
+USER_ERRORS = (ConfigError, DataError, FloatingPointError)
+
+
+def resume_dir(resume: str | None, fresh: str) -> str:
+    """hydra.run.dir: the run being resumed, else a fresh dir. Checked here, before Hydra creates
+    the dir, so a mistyped path stops with a message and leaves no empty folder behind."""
+    if not resume:
+        return fresh
+    if not (Path(resume) / "config.yaml").is_file():
+        what = "does not exist" if not Path(resume).exists() else "holds no config.yaml"
+        raise ValueError(
+            f"resume={resume}: {what}, so it is not a transferlab run dir. Pass the run dir "
+            "itself, e.g. resume=outputs/runs/<date>/<time>"
+        )
+    return resume
+
+
+OmegaConf.register_new_resolver("resume_dir", resume_dir, replace=True)
+OmegaConf.register_new_resolver(
+    "unless_resuming", lambda resume, value: None if resume else value, replace=True
+)
+
+
+def config_dir() -> str:
+    """The configs ship inside the wheel; an editable install reads the repo's `conf/`."""
+    packaged = Path(__file__).parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
+def process_rank() -> int:
+    """This process's global rank, from the variables DDP launchers and SLURM set (Lightning reads
+    the same ones, but importing it here would cost the fast answers)."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JOB_COMPLETION_INDEX"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to where they ran the command, if inside."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def restore_run(run_dir: Path) -> tuple[DictConfig, Path]:
+    """The saved config and last checkpoint of a run to continue."""
+    others = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    if others:
+        raise ConfigError(
+            f"resume restores the run's saved config; drop the other overrides {others} "
+            "(start a new run to change settings)"
+        )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"resume={run_dir}: {last} does not exist; the run never finished an epoch")
+    log.info("resuming %s from %s", shown(run_dir), shown(last))
+    return OmegaConf.load(run_dir / "config.yaml"), last
+
+
+def outcome(run_dir: Path, seconds: float, error: BaseException | None) -> str:
+    """The block that ends every run: where things went and how it went."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    lines = [("run dir", shown(run_dir)), ("status", summary.get("status") or "failed")]
+    if error is not None:
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        lines += [("reason", reason), ("log", shown(run_dir / "train.log"))]
+    best, monitor = summary.get("best"), summary.get("monitor")
+    if best is not None:
+        lines.append(("best", f"{monitor} {best:.4f} at epoch {summary.get('best_epoch')}"))
+    if summary.get("best_checkpoint"):
+        lines.append(("checkpoint", shown(Path(summary["best_checkpoint"]))))
+    lines.append(("time", f"{seconds:.0f} s, {summary.get('epochs_completed', 0)} epoch(s)"))
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(("view", f"tensorboard --logdir {shown(run_dir)}"))
+    return "\n".join(f"  {k:<10}  {v}" for k, v in lines)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    start = time.perf_counter()
+    rank_zero = process_rank() == 0
+    try:
+        ckpt_path = None
+        if cfg.get("resume"):
+            cfg, ckpt_path = restore_run(run_dir)
+        elif rank_zero:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if rank_zero:
+            log.info("run dir %s (config: config.yaml there)", shown(run_dir))
+        log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+        from transferlab.fit import fit
+
+        fit(cfg, run_dir, ckpt_path)
+    except BaseException as err:
+        if not rank_zero:
+            raise
+        from transferlab.summary import update_summary
+
+        # The trainer records failures it sees; this catches the ones before it (bad data, config).
+        update_summary(
+            run_dir / "summary.json", monitor=cfg.get("monitor"), status="failed",
+            error=f"{type(err).__name__}: {err}",
+        )
+        log.error("%s: %s", type(err).__name__, err)
+        log.info("run failed:\n%s", outcome(run_dir, time.perf_counter() - start, err))
+        if isinstance(err, USER_ERRORS) and hydra_cfg.mode == RunMode.RUN:
+            sys.exit(1)  # the message above is the whole story; a traceback would bury it
+        raise  # a sweep records the failed job and goes on with the next
+    if rank_zero:
+        log.info("run finished:\n%s", outcome(run_dir, time.perf_counter() - start, None))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,8 @@ import torch
 from torch import nn, optim
 from torchvision import datasets, models, transforms
 
-from transferlab.features import cpu_has_bf16
+import transferlab.fit  # noqa: F401  (transferlab.train loads it only when a run starts)
+from transferlab.fast import cpu_has_bf16
 from transferlab.models.init import HeInit
 from transferlab.train import main as transferlab_train
 

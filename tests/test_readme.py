@@ -1,0 +1,110 @@
+"""Every command in README.md's code blocks runs, as a user pastes it, from one working directory.
+
+The install lines are run by `.ci/run` (the test command, and the main job cut short); here
+each `transferlab-*` and `tensorboard` command runs in README order, trainings cut short by a
+suffix, sweeps cut to the first value of each swept key, `<date>/<time>` filled with the newest
+dir there. Pretrained runs find random weights the test saved where torchvision caches them.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from cli import console, run_cli
+from conftest import real_dataset
+from transferlab.train import config_dir
+
+README = Path(__file__).parents[1] / "README.md"
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+         "data.image_size=32", "data.num_workers=0", "callbacks.progress_bar.refresh_rate=0"]
+# What the README's pretrained commands load: the ResNet-18 sweeps, the VGG16-bn U-Net encoder.
+PRETRAINED = ("resnet18", "vgg16_bn")
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^ *```{language}\n(.*?)^ *```", README.read_text(), re.M | re.S)
+
+
+def readme_commands() -> list[str]:
+    commands = []
+    for block in code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith(("transferlab-", "tensorboard", ".venv/bin/tensorboard")):
+                commands.append(line)
+    return commands
+
+
+def first_values(args: list[str]) -> list[str]:
+    """A sweep cut to one job: each swept key (on the command line or in the experiment's
+    hydra.sweeper.params) keeps its first value."""
+    out = [a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] if "," in a else a for a in args]
+    for arg in args:
+        if arg.startswith("experiment="):
+            exp = OmegaConf.load(Path(config_dir()) / "experiment" / f"{arg.split('=')[1]}.yaml")
+            swept = OmegaConf.select(exp, "hydra.sweeper.params") or {}
+            out += [f"{k}={str(v).split(',')[0]}" for k, v in swept.items()]
+    return out
+
+
+def filled(arg: str, cwd: Path) -> str:
+    """`<date>/<time>` and `...` become the newest matching dir under `cwd`."""
+    if "<date>/<time>" not in arg and "/.../" not in arg:
+        return arg
+    key, _, path = arg.rpartition("=")
+    pattern = path.replace("<date>/<time>", "*/*").replace("/.../", "/**/")
+    found = sorted(cwd.glob(pattern), key=lambda p: p.stat().st_mtime)
+    assert found, f"README command refers to {path}, but nothing under {cwd} matches"
+    return (f"{key}=" if key else "") + str(found[-1].relative_to(cwd))
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+    real_dataset("hymenoptera"), real_dataset("covid_lung")
+    cwd = tmp_path_factory.mktemp("user")
+    torch_home = cwd.parent / f"{cwd.name}-torch"
+    for arch in PRETRAINED:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        file = torch_home / "hub" / "checkpoints" / Path(weights.url).name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model(arch).state_dict(), file)
+    return cwd, {"TORCH_HOME": str(torch_home)}
+
+
+def test_the_readme_has_the_commands_this_test_expects():
+    commands = readme_commands()
+    assert sum(c.startswith("transferlab-train") for c in commands) >= 8
+    assert any(c.startswith("transferlab-report") for c in commands)
+    assert any("resume=" in c for c in commands)
+
+
+def test_every_readme_command_runs(user_dir):
+    cwd, env = user_dir
+    for command in readme_commands():
+        program, *args = shlex.split(command)
+        program = Path(program).name
+        if program == "tensorboard":
+            args = [filled(a, cwd) for a in args] + ["--inspect"]
+        elif program == "transferlab-train" and not any(a.startswith(("--", "resume=")) for a in args):
+            args = first_values(args) + SHORT
+        args = [filled(a, cwd) for a in args]
+        result = run_cli(program, *args, cwd=cwd, env=env, timeout=600)
+        assert result.returncode == 0, f"{command}\n{console(result)[-3000:]}"
+        if program == "transferlab-train" and args[:1] != ["--help"] and "--cfg" not in args:
+            assert "status      completed" in console(result), f"{command}\n{console(result)[-2000:]}"
+
+
+def test_the_readme_python_snippet_loads_a_run(user_dir):
+    cwd, _ = user_dir
+    (snippet,) = [b for b in code_blocks("python") if "load_from_checkpoint" in b]
+    path = re.search(r'"(outputs/runs/\.\.\./checkpoints/last\.ckpt)"', snippet).group(1)
+    runs = sorted(cwd.glob("outputs/**/checkpoints/last.ckpt"))
+    classification = [r for r in runs if '"val/acc"' in (r.parents[1] / "summary.json").read_text()]
+    namespace = {}
+    exec(snippet.replace(path, str(classification[-1])), namespace)
+    assert namespace["model"].hparams.class_names == ["ants", "bees"]

@@ -90,3 +90,16 @@ def test_hparams_name_the_backbone_actually_used(tmp_path):
     assert hparams["backbone"] == "efficientnet_b0" and hparams["backbone.name"] == "efficientnet_b0"
     assert hparams["freeze"] == "partial" and hparams["init"] == "pretrained"
     assert not [k for k in hparams if k.startswith("choice/")]
+
+
+@pytest.mark.parametrize("overrides,optimizer,lr,scheduler", [
+    ([], "SGD", 1e-3, "StepLR"),                            # the tutorial's, for classification
+    (["task=segmentation"], "AdamW", 1e-3, "CosineAnnealingLR"),
+    (["task=segmentation", "optimizer=sgd"], "SGD", 1e-3, "CosineAnnealingLR"),
+    (["task=segmentation", "scheduler=step", "optimizer.lr=3e-4"], "AdamW", 3e-4, "StepLR"),
+    (["experiment=covid_lung_strategies"], "AdamW", 1e-3, "CosineAnnealingLR"),
+])
+def test_each_task_has_its_own_optimizer_defaults(tmp_path, overrides, optimizer, lr, scheduler):
+    cfg = composed(tmp_path, overrides)
+    assert cfg.optimizer._target_ == f"torch.optim.{optimizer}" and cfg.optimizer.lr == lr
+    assert cfg.scheduler._target_ == f"torch.optim.lr_scheduler.{scheduler}"

@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cli import TINY, run_cli
+from cli import TINY, console, run_cli, the_run_dir
 from conftest import real_dataset
 from transferlab.modules.segmentation import SegmentationModule
 from transferlab.train import config_dir
@@ -19,12 +19,12 @@ def covid_lung() -> Path:
 
 
 def test_train_a_unet_on_real_lung_masks(covid_lung, tmp_path):
-    run_dir = tmp_path / "run"
     result = run_cli(
         "transferlab-train", *SEGMENTATION, *TINY, "data.batch_size=2", "freeze=partial",
-        f"data.root={covid_lung}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        f"data.root={covid_lung}", cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, console(result)[-3000:]
+    run_dir = the_run_dir(tmp_path)
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["monitor"] == "val/dice"
@@ -44,7 +44,7 @@ def test_train_a_unet_on_real_lung_masks(covid_lung, tmp_path):
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/dice", "val/loss", "val/dice", "val/dice_best", "val/iou",
-            "val/dice/lung", "val/iou/background", "lr-SGD/block4", "lr-SGD/head"} <= scalars
+            "val/dice/lung", "val/iou/background", "lr-AdamW/block4", "lr-AdamW/head"} <= scalars
     overlays = events.Images("val/overlay_truth_top_prediction_bottom")
     assert [e.step for e in overlays] == [0, 1]  # one per epoch, none for the sanity check
 

@@ -96,6 +96,17 @@ def test_resume_of_a_missing_dir_says_so_and_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
+    run = tmp_path / "outputs" / "runs" / "2026-01-01" / "00-00-00"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "summary.json").write_text('{"status": "completed"}')
+    result = run_cli("transferlab-train", f"resume={run}", "trainer.max_epochs=50", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "drop the other overrides ['trainer.max_epochs=50']" in result.stdout
+    assert json.loads((run / "summary.json").read_text()) == {"status": "completed"}
+
+
 @pytest.mark.parametrize("args", [
     ["--help"], ["--cfg", "job"], ["freeze=nonsense"], ["no_such_key=1"],
     ["resume=outputs/nowhere"],

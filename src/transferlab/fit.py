@@ -17,10 +17,9 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.callbacks import EpochSeed
+from transferlab.callbacks import EpochSeed, RunSummary
 from transferlab.data.images import write_bad_files
 from transferlab.errors import BadFilesError, ConfigError
-from transferlab.summary import RunSummary
 
 log = logging.getLogger("transferlab")
 

@@ -2,7 +2,6 @@
 and config errors answer at once; torch and Lightning load when a run starts (`transferlab.fit`).
 """
 
-import json
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError, DataError
+from transferlab.summary import read_summary, update_summary
 
 log = logging.getLogger("transferlab")
 
@@ -81,14 +81,12 @@ def restore_run(run_dir: Path) -> tuple[DictConfig, Path]:
     return OmegaConf.load(run_dir / "config.yaml"), last
 
 
-def outcome(run_dir: Path, seconds: float, error: BaseException | None) -> str:
+def outcome(run_dir: Path, seconds: float, reason: str | None) -> str:
     """The block that ends every run: where things went and how it went."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary = read_summary(run_dir / "summary.json")
     lines = [("run dir", shown(run_dir)), ("status", summary.get("status") or "failed")]
-    if error is not None:
-        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-        lines += [("reason", reason), ("log", shown(run_dir / "train.log"))]
+    if reason is not None:
+        lines += [("reason", reason.strip().splitlines()[0]), ("log", shown(run_dir / "train.log"))]
     best, monitor = summary.get("best"), summary.get("monitor")
     if best is not None:
         lines.append(("best", f"{monitor} {best:.4f} at epoch {summary.get('best_epoch')}"))
@@ -100,39 +98,53 @@ def outcome(run_dir: Path, seconds: float, error: BaseException | None) -> str:
     return "\n".join(f"  {k:<10}  {v}" for k, v in lines)
 
 
+def stop(err: BaseException, mode: RunMode) -> None:
+    """A single run ends on a user error with its message alone: a traceback would bury it. A
+    sweep re-raises, so Hydra records the failed job and goes on with the next."""
+    if isinstance(err, USER_ERRORS) and mode == RunMode.RUN:
+        sys.exit(1)
+    raise err
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     start = time.perf_counter()
     rank_zero = process_rank() == 0
-    try:
-        ckpt_path = None
-        if cfg.get("resume"):
+    ckpt_path = None
+    if cfg.get("resume"):
+        try:
             cfg, ckpt_path = restore_run(run_dir)
-        elif rank_zero:
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        if rank_zero:
-            log.info("run dir %s (config: config.yaml there)", shown(run_dir))
-        log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+        except ConfigError as err:  # a refused resume leaves the run's record as it was
+            log.error("%s", err)
+            stop(err, hydra_cfg.mode)
+    elif rank_zero:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero:
+        log.info("run dir %s (config: config.yaml there)", shown(run_dir))
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    try:
         from transferlab.fit import fit
 
         fit(cfg, run_dir, ckpt_path)
     except BaseException as err:
         if not rank_zero:
             raise
-        from transferlab.summary import update_summary
-
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning exits 1 on Ctrl-C
+            resumable = (run_dir / "checkpoints" / "last.ckpt").is_file()
+            reason = "interrupted; " + (
+                f"continue it with: transferlab-train resume={shown(run_dir)}" if resumable
+                else "it stopped before its first checkpoint"
+            )
+        else:
+            reason = f"{type(err).__name__}: {err}"
+            log.error("%s", reason)
         # The trainer records failures it sees; this catches the ones before it (bad data, config).
-        update_summary(
-            run_dir / "summary.json", monitor=cfg.get("monitor"), status="failed",
-            error=f"{type(err).__name__}: {err}",
-        )
-        log.error("%s: %s", type(err).__name__, err)
-        log.info("run failed:\n%s", outcome(run_dir, time.perf_counter() - start, err))
-        if isinstance(err, USER_ERRORS) and hydra_cfg.mode == RunMode.RUN:
-            sys.exit(1)  # the message above is the whole story; a traceback would bury it
-        raise  # a sweep records the failed job and goes on with the next
+        update_summary(run_dir / "summary.json", monitor=cfg.get("monitor"), status="failed",
+                       error=reason)
+        log.info("run failed:\n%s", outcome(run_dir, time.perf_counter() - start, reason))
+        stop(err, hydra_cfg.mode)
     if rank_zero:
         log.info("run finished:\n%s", outcome(run_dir, time.perf_counter() - start, None))
 

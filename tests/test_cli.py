@@ -81,6 +81,17 @@ def test_failure_before_training_is_recorded_and_explained(hymenoptera, tmp_path
     assert not (run_dir / "checkpoints").exists()
 
 
+def test_every_bad_file_is_listed_in_one_run(image_folder, tmp_path):
+    bad = [image_folder / "train" / "cats" / "broken.jpg", image_folder / "val" / "dogs" / "empty.png"]
+    bad[0].write_text("not a picture")
+    bad[1].write_bytes(b"")
+    result = run_cli("transferlab-train", *TINY, f"data.root={image_folder}", cwd=tmp_path / "work")
+    assert result.returncode == 1
+    assert "2 image file(s) cannot be decoded" in result.stdout
+    listed = (the_run_dir(tmp_path / "work") / "bad_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == sorted(map(str, bad))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_trainer_without_a_gpu_names_the_fix(hymenoptera, tmp_path):
     result = run_cli("transferlab-train", *TINY, "trainer=gpu", f"data.root={hymenoptera}",

@@ -6,6 +6,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -38,15 +39,60 @@ def write_image(path: Path, size=(40, 30), mode="RGB", color=(200, 30, 30)) -> P
     return path
 
 
-@pytest.fixture
-def image_folder(tmp_path) -> Path:
+def make_image_folder(root: Path) -> Path:
     """A tiny two-class ImageFolder with train and val splits."""
-    root = tmp_path / "folder"
     for split, n in (("train", 6), ("val", 3)):
         for cls, color in (("cats", (220, 20, 20)), ("dogs", (20, 20, 220))):
             for i in range(n):
                 write_image(root / split / cls / f"{i}.png", color=color)
     return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "folder")
+
+
+def make_mask_folder(root: Path, size: int = 32) -> Path:
+    """Tiny image/mask pairs: a bright square on dark noise, its mask 255 inside, 0 outside."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for i in range(n):
+            image = rng.integers(0, 60, (size, size), dtype=np.uint8)
+            mask = np.zeros((size, size), dtype=np.uint8)
+            top, left, side = rng.integers(2, size // 2, 3)
+            image[top:top + side, left:left + side] += 150
+            mask[top:top + side, left:left + side] = 255
+            for folder, pixels in (("images", image), ("masks", mask)):
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(root / split / folder / f"p{i}.png")
+    return root
+
+
+def train_run(tmp: Path, *args: str) -> Path:
+    """A finished transferlab-train run (2 epochs, He init, CPU) and its run dir."""
+    from cli import TINY, console, run_cli, the_run_dir
+
+    result = run_cli("transferlab-train", *TINY, *args, cwd=tmp)
+    assert result.returncode == 0, console(result)[-3000:]
+    return the_run_dir(tmp)
+
+
+@pytest.fixture(scope="session")
+def classification_run(tmp_path_factory) -> Path:
+    """A finished classification run on a tiny synthetic ImageFolder (data.root in its config)."""
+    tmp = tmp_path_factory.mktemp("classification_run")
+    data = make_image_folder(tmp / "data")
+    return train_run(tmp, f"data.root={data}", "data.image_size=32")
+
+
+@pytest.fixture(scope="session")
+def segmentation_run(tmp_path_factory) -> Path:
+    """A finished U-Net run on tiny synthetic 32 px masks, trained at their own size."""
+    tmp = tmp_path_factory.mktemp("segmentation_run")
+    data = make_mask_folder(tmp / "data")
+    return train_run(tmp, "task=segmentation", "data=segmentation_folder", f"data.root={data}",
+                     "data.image_size=32", "data.batch_size=2")
 
 
 @pytest.fixture(autouse=True)

@@ -145,6 +145,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> None:
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")),
         class_names=list(datamodule.classes),
+        preprocess=datamodule.preprocess,
     )
     init(model.net, cfg.backbone.name)
 

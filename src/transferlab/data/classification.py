@@ -78,6 +78,7 @@ class ImageFolderDataModule(SeededLoaders):
             root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
             pin_memory, seed,
         )
+        self.task = "classification"
         self.download_url = download_url
         self.download_md5 = download_md5
         self.classes: list[str] = []

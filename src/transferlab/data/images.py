@@ -29,12 +29,17 @@ def is_image_name(path: Path) -> bool:
 
 def load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
-        elif img.mode.startswith("I"):
-            # 16-bit greyscale: PIL's own conversion clips everything above 255 to white
-            img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().astype(np.uint8))
-        return img.convert("RGB")
+        return as_rgb(img)
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB, the same way for training and inference."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
+    elif img.mode.startswith("I"):
+        # 16-bit greyscale: PIL's own conversion clips everything above 255 to white
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).round().astype(np.uint8))
+    return img.convert("RGB")
 
 
 def decode_problem(path: Path) -> str | None:

@@ -94,6 +94,15 @@ class SeededLoaders(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.bad_files: list[tuple[Path, str]] = []  # (file, reason) skipped at setup: bad_files.txt
 
+    task: str  # "classification" | "segmentation": which eval transform `preprocess` names
+
+    @property
+    def preprocess(self) -> dict:
+        """Everything inference needs to see an image as validation does; stored in checkpoints
+        and read back by `transferlab.data.preprocess.eval_transform`."""
+        return {"task": self.task, "image_size": self.image_size, "mean": list(self.mean),
+                "std": list(self.std)}
+
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 

@@ -134,6 +134,7 @@ class SegmentationFolderDataModule(SeededLoaders):
             root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
             pin_memory, seed,
         )
+        self.task = "segmentation"
         self.classes = class_names(mask_mode, classes, mask_values)
         self.mask_suffix = mask_suffix or ""
         self.encode_mask = MaskEncoding(

@@ -35,6 +35,7 @@ class ClassificationModule(TransferModule):
         optimizer: dict,
         scheduler: dict | None = None,
         class_names: list[str] | None = None,
+        preprocess: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)

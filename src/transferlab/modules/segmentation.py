@@ -50,6 +50,7 @@ class SegmentationModule(TransferModule):
         optimizer: dict,
         scheduler: dict | None = None,
         class_names: list[str] | None = None,
+        preprocess: dict | None = None,
         loss: str = "auto",
         logged_images: int = 4,
     ):

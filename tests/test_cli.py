@@ -118,19 +118,20 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == {"status": "completed"}
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"], ["--cfg", "job"], ["freeze=nonsense"], ["no_such_key=1"],
-    ["resume=outputs/nowhere"],
-], ids=" ".join)
-def test_answers_without_loading_torch(tmp_path, args):
+@pytest.mark.parametrize("command,args", [
+    ("train", ["--help"]), ("train", ["--cfg", "job"]), ("train", ["freeze=nonsense"]),
+    ("train", ["no_such_key=1"]), ("train", ["resume=outputs/nowhere"]),
+    ("predict", ["--help"]), ("predict", ["run=x"]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_answers_without_loading_torch(tmp_path, command, args):
     """--help, --cfg and config errors answer in about a second because only Hydra is imported
     (torch, torchvision and Lightning take ~10 s to import on a small CPU)."""
     probe = (
         "import atexit, sys\n"
         "atexit.register(lambda: print('heavy modules:', sorted(\n"
         "    m for m in ('torch', 'torchvision', 'lightning') if m in sys.modules)))\n"
-        f"sys.argv = ['transferlab-train', *{args!r}]\n"
-        "from transferlab.train import main\n"
+        f"sys.argv = ['transferlab-{command}', *{args!r}]\n"
+        f"from transferlab.{command} import main\n"
         "main()\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,

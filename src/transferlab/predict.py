@@ -10,12 +10,23 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError
 from transferlab.train import USER_ERRORS, config_dir, shown
 
 log = logging.getLogger("transferlab")
+
+
+def inside_run(run: str, subdir: str) -> str:
+    """`<run>/<subdir>`, refused before Hydra creates it when `run` is no run dir."""
+    if not (Path(run) / "checkpoints").is_dir():
+        raise ValueError(f"run={run}: no checkpoints/ there, so it is not the run dir of a "
+                         "transferlab-train run (outputs/runs/<date>/<time>)")
+    return f"{run}/{subdir}"
+
+
+OmegaConf.register_new_resolver("inside_run", inside_run, replace=True)
 
 
 def device_of(trainer: DictConfig) -> str | None:
@@ -101,6 +112,10 @@ def predict(cfg: DictConfig, out: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
+        missing = [k for k in ("run", "input") if OmegaConf.is_missing(cfg, k)]
+        if missing:
+            raise ConfigError(f"transferlab-predict needs {' and '.join(f'{k}=' for k in missing)}: "
+                              "run=<run dir of transferlab-train> input=<image, folder or glob>")
         done = predict(cfg, out)
     except USER_ERRORS as err:
         log.error("%s: %s", type(err).__name__, err)

@@ -131,8 +131,8 @@ def test_answers_without_loading_torch(tmp_path, command, args):
         "atexit.register(lambda: print('heavy modules:', sorted(\n"
         "    m for m in ('torch', 'torchvision', 'lightning') if m in sys.modules)))\n"
         f"sys.argv = ['transferlab-{command}', *{args!r}]\n"
-        f"from transferlab.{command} import main\n"
-        "main()\n"
+        f"from transferlab.{command} import {'cli' if command == 'train' else 'main'} as entry\n"
+        "entry()\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)

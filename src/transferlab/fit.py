@@ -7,7 +7,6 @@
 import difflib
 import inspect
 import logging
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -18,30 +17,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.callbacks import EpochSeed, RunSummary
+from transferlab.console import quiet_libraries
 from transferlab.data.images import write_bad_files
 from transferlab.errors import BadFilesError, ConfigError
 
 log = logging.getLogger("transferlab")
-
-# Console noise filtered where it comes from, one message each (never all warnings):
-# - frozen stages sit in eval mode on purpose (BatchNorm statistics stay put, Dropout is off);
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
-# - Lightning's own pytree helper uses a class that torch has deprecated: nothing a user can act on.
-warnings.filterwarnings(
-    "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
-)
-
-
-class _DropLightningAdverts(logging.Filter):
-    """Lightning's product tip and its TPU line say nothing about this run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("💡 Tip:") or message.startswith("TPU available"))
-
-
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_DropLightningAdverts())
 
 
 def plain(cfg: DictConfig | None) -> dict | None:
@@ -110,10 +90,7 @@ def swept_hparams(cfg: DictConfig) -> dict:
 
 
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> None:
-    if logging.getLogger().handlers:
-        # `import lightning` gives its logger a console handler of its own; the root logger that
-        # Hydra set up already prints to the console and train.log, so each line came twice.
-        logging.getLogger("lightning").handlers.clear()
+    quiet_libraries()
     check_multirun_strategy(cfg, HydraConfig.get())
     check_trainer(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

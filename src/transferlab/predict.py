@@ -6,27 +6,16 @@ import csv
 import glob
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import ConfigError
-from transferlab.train import USER_ERRORS, config_dir, shown
+from transferlab.train import USER_ERRORS, config_dir, finished_run, shown
 
 log = logging.getLogger("transferlab")
-
-
-def inside_run(run: str, subdir: str) -> str:
-    """`<run>/<subdir>`, refused before Hydra creates it when `run` is no run dir."""
-    if not (Path(run) / "checkpoints").is_dir():
-        raise ValueError(f"run={run}: no checkpoints/ there, so it is not the run dir of a "
-                         "transferlab-train run (outputs/runs/<date>/<time>)")
-    return f"{run}/{subdir}"
-
-
-OmegaConf.register_new_resolver("inside_run", inside_run, replace=True)
 
 
 def device_of(trainer: DictConfig) -> str | None:
@@ -63,12 +52,15 @@ def predict(cfg: DictConfig, out: Path) -> dict:
     import torch
     from PIL import Image
 
+    from transferlab.console import quiet_libraries
     from transferlab.data.images import load_rgb, write_bad_files
     from transferlab.inference import load
     from transferlab.modules.segmentation import overlay
 
+    quiet_libraries()
     predictor = load(cfg.run, cfg.checkpoint, device_of(cfg.trainer))
     sources, bad = predictor.usable(cfg.input, cfg.on_bad_file)
+    out.mkdir(parents=True, exist_ok=True)
     if bad:
         write_bad_files(out / "bad_files.txt", bad)
     if not sources:
@@ -110,12 +102,11 @@ def predict(cfg: DictConfig, out: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    out = Path(HydraConfig.get().runtime.output_dir)
     try:
-        missing = [k for k in ("run", "input") if OmegaConf.is_missing(cfg, k)]
-        if missing:
-            raise ConfigError(f"transferlab-predict needs {' and '.join(f'{k}=' for k in missing)}: "
-                              "run=<run dir of transferlab-train> input=<image, folder or glob>")
+        run_dir = finished_run(cfg)
+        if OmegaConf.is_missing(cfg, "input"):
+            raise ConfigError("input=<image, folder or glob> is missing: the images to predict")
+        out = Path(cfg.out or run_dir / "predict" / time.strftime("%Y-%m-%d_%H-%M-%S"))
         done = predict(cfg, out)
     except USER_ERRORS as err:
         log.error("%s: %s", type(err).__name__, err)

@@ -22,21 +22,23 @@ log = logging.getLogger("transferlab")
 USER_ERRORS = (ConfigError, DataError, FloatingPointError)
 
 
-def resume_dir(resume: str | None, fresh: str) -> str:
-    """hydra.run.dir: the run being resumed, else a fresh dir. Checked here, before Hydra creates
-    the dir, so a mistyped path stops with a message and leaves no empty folder behind."""
-    if not resume:
-        return fresh
-    if not (Path(resume) / "config.yaml").is_file():
-        what = "does not exist" if not Path(resume).exists() else "holds no config.yaml"
-        raise ValueError(
-            f"resume={resume}: {what}, so it is not a transferlab run dir. Pass the run dir "
-            "itself, e.g. resume=outputs/runs/<date>/<time>"
-        )
-    return resume
+def refuse_bad_resume(args: list[str]) -> None:
+    """`resume=<dir>` must name a run dir, checked before Hydra makes that dir its run dir (a
+    mistyped path would otherwise leave an empty folder behind)."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "resume" and value not in ("", "null"):
+            if not (Path(value) / "config.yaml").is_file():
+                what = "does not exist" if not Path(value).exists() else "holds no config.yaml"
+                sys.exit(
+                    f"transferlab-train: resume={value}: {what}, so it is not a transferlab run "
+                    "dir. Pass the run dir itself, e.g. resume=outputs/runs/<date>/<time>"
+                )
 
 
-OmegaConf.register_new_resolver("resume_dir", resume_dir, replace=True)
+OmegaConf.register_new_resolver(
+    "resume_dir", lambda resume, fresh: resume or fresh, replace=True
+)
 OmegaConf.register_new_resolver(
     "unless_resuming", lambda resume, value: None if resume else value, replace=True
 )
@@ -66,6 +68,24 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+def finished_run(cfg: DictConfig) -> Path:
+    """The `run=` of transferlab-predict / -eval / -export: checked before torch loads, so a
+    mistyped run dir answers at once."""
+    if OmegaConf.is_missing(cfg, "run"):
+        raise ConfigError("run=<run dir> is missing: the dir transferlab-train wrote, "
+                          "e.g. run=outputs/runs/<date>/<time>")
+    run_dir = Path(cfg.run)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run={run_dir}: the run dir does not exist")
+    if cfg.get("checkpoint", "best") in ("best", "last") and not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(
+            f"run={run_dir} has no checkpoints: {run_dir / 'checkpoints'} does not exist. Pass the "
+            "dir of a run that finished an epoch (checkpoints/best-epochNNN.ckpt, last.ckpt), or "
+            "checkpoint=<file.ckpt>"
+        )
+    return run_dir
+
+
 def restore_run(run_dir: Path) -> tuple[DictConfig, Path]:
     """The saved config and last checkpoint of a run to continue."""
     others = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
@@ -74,6 +94,8 @@ def restore_run(run_dir: Path) -> tuple[DictConfig, Path]:
             f"resume restores the run's saved config; drop the other overrides {others} "
             "(start a new run to change settings)"
         )
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there, so it is not a transferlab run dir")
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ConfigError(f"resume={run_dir}: {last} does not exist; the run never finished an epoch")
@@ -149,5 +171,11 @@ def main(cfg: DictConfig) -> None:
         log.info("run finished:\n%s", outcome(run_dir, time.perf_counter() - start, None))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `transferlab-train` command."""
+    refuse_bad_resume(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

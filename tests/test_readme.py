@@ -6,6 +6,7 @@ suffix, sweeps cut to the first value of each swept key, `<date>/<time>` filled 
 dir there. Pretrained runs find random weights the test saved where torchvision caches them.
 """
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -16,7 +17,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from cli import console, run_cli
-from conftest import real_dataset
+from conftest import DATA_ENV, real_dataset
 from transferlab.train import config_dir
 
 README = Path(__file__).parents[1] / "README.md"
@@ -53,12 +54,12 @@ def first_values(args: list[str]) -> list[str]:
 
 
 def filled(arg: str, cwd: Path) -> str:
-    """`<date>/<time>` and `...` become the newest matching dir under `cwd`."""
-    if "<date>/<time>" not in arg and "/.../" not in arg:
+    """`../shared/data` becomes $TRANSFERLAB_DATA_DIR; `<date>/<time>` the newest such dir."""
+    arg = arg.replace("../shared/data", os.environ[DATA_ENV])
+    if "<date>/<time>" not in arg:
         return arg
     key, _, path = arg.rpartition("=")
-    pattern = path.replace("<date>/<time>", "*/*").replace("/.../", "/**/")
-    found = sorted(cwd.glob(pattern), key=lambda p: p.stat().st_mtime)
+    found = sorted(cwd.glob(path.replace("<date>/<time>", "[0-9]*/[0-9]*")))
     assert found, f"README command refers to {path}, but nothing under {cwd} matches"
     return (f"{key}=" if key else "") + str(found[-1].relative_to(cwd))
 
@@ -99,12 +100,16 @@ def test_every_readme_command_runs(user_dir):
             assert "status      completed" in console(result), f"{command}\n{console(result)[-2000:]}"
 
 
-def test_the_readme_python_snippet_loads_a_run(user_dir):
+def test_the_readme_python_snippets_run(user_dir):
+    """Each snippet with its run paths pointing at the newest classification run made above."""
     cwd, _ = user_dir
-    (snippet,) = [b for b in code_blocks("python") if "load_from_checkpoint" in b]
-    path = re.search(r'"(outputs/runs/\.\.\./checkpoints/last\.ckpt)"', snippet).group(1)
-    runs = sorted(cwd.glob("outputs/**/checkpoints/last.ckpt"))
-    classification = [r for r in runs if '"val/acc"' in (r.parents[1] / "summary.json").read_text()]
-    namespace = {}
-    exec(snippet.replace(path, str(classification[-1])), namespace)
-    assert namespace["model"].hparams.class_names == ["ants", "bees"]
+    runs = [r for r in sorted(cwd.glob("outputs/runs/[0-9]*/[0-9]*"))
+            if '"val/acc"' in (r / "summary.json").read_text()]
+    snippets = [b for b in code_blocks("python") if "outputs/runs/" in b]
+    assert len(snippets) >= 2
+    for snippet in snippets:
+        code = snippet.replace("outputs/runs/.../checkpoints/last.ckpt", f"{runs[-1]}/checkpoints/last.ckpt")
+        code = code.replace("outputs/runs/<date>/<time>", str(runs[-1]))
+        namespace = {}
+        exec(filled(code, cwd), namespace)
+        assert "model" in namespace, snippet  # it ran, and made what the README says

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from helpers import STRATEGY, classifier_module, quiet_trainer, random_loader
 from transferlab.strategies import is_frozen
@@ -27,11 +28,29 @@ def param_keys(modules: list[nn.Module]) -> list[str]:
     return [f"{i}.{k}" for i, m in enumerate(modules) for k, _ in m.named_parameters()]
 
 
+@pytest.fixture
+def seeded():
+    """torch's global RNG seeded for this test only: the same weights and random draws whatever
+    ran before, and the tests after it see the RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_frozen_means_frozen(family, strategy):
+def test_frozen_means_frozen(family, strategy, seeded):
     freeze, expect_frozen = STRATEGIES[strategy]
     module = classifier_module(family, freeze)
+    # Row-mode stochastic depth (ConvNeXt, EfficientNet) skips a residual branch per image. On
+    # this 2-image batch ConvNeXt's last block (p=0.1) skips both images in 1% of steps; its
+    # zero-initialised biases then get an exactly zero gradient and rightly stay put, which is
+    # the regulariser at work, not a freezing bug. p=0 makes it the identity (modes still count).
+    # float32 is exact enough: weight decay moves every nonzero weight by lr*wd >= 2.5e-7 of its
+    # value (half a float32 ulp is <= 6e-8 of it) and any nonzero gradient moves a zero bias.
+    for m in module.net.modules():
+        if isinstance(m, StochasticDepth):
+            m.p = 0.0
     names = list(module.stages)
     frozen_at_end = set(expect_frozen(names[:-1]))
     before = {n: state(mods) for n, mods in module.stages.items()}

@@ -20,8 +20,17 @@ def head_name(net: nn.Module) -> str:
     return names[-1]
 
 
+# Nets whose training-mode output is not one logits tensor: refused by name, not half-supported.
+AUXILIARY_OUTPUTS = ("googlenet", "inception_v3")
+
+
 def build_classifier(name: str, num_classes: int) -> nn.Module:
     """Architecture only (torchvision's own random init); `init` decides the weights."""
+    if name in AUXILIARY_OUTPUTS:
+        raise ConfigError(
+            f"backbone {name!r} is not supported yet: in training it returns its auxiliary "
+            "classifiers' outputs beside the logits, and those heads would need replacing too"
+        )
     known = classification_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)

@@ -58,7 +58,8 @@ def plain_loop(predictor, files, batch_size, workers) -> int:
 
 
 def transferlab_path(predictor, files, batch_size, workers) -> int:
-    """What transferlab-predict runs: Predictor.batches + probabilities + result."""
+    """What transferlab-predict runs: the bad-file scan, then batches, probabilities, results."""
+    files, _ = predictor.usable(files, "warn")
     seen = 0
     for x, index, sizes in predictor.batches(files, batch_size, workers):
         probs = predictor.probabilities(x).float().cpu()

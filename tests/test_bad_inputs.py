@@ -77,7 +77,7 @@ def test_every_bad_file_is_in_one_error(image_folder, bad_everywhere):
     assert all(why for _, why in err.value.bad)
     for path in bad_everywhere:
         assert str(path) in str(err.value)
-    assert "bad_files.txt" in str(err.value) and "data.on_bad_file=skip" in str(err.value)
+    assert "on_bad_file=skip" in str(err.value)
     assert isinstance(err.value, DataError)
     copy = pickle.loads(pickle.dumps(err.value))  # a sweep job's error travels pickled
     assert copy.bad == err.value.bad and str(copy) == str(err.value)

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import transferlab
 from cli import console, run_cli
 from conftest import write_image
 from transferlab.errors import BadFilesError, ConfigError, DataError
+from transferlab.predict import input_root
 
 
 def data_root(run):
@@ -101,10 +103,27 @@ def test_unusable_inputs_are_named(classification_run, tmp_path, monkeypatch):
         model.predict(empty)
     with pytest.raises(DataError, match="does not exist"):
         model.predict(tmp_path / "missing.png")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "notes.txt").write_text("not an image")
+    (mixed / "broken.png").write_bytes(b"")
+    with pytest.raises(BadFilesError) as err:  # one error names both kinds at once
+        model.predict(mixed, on_bad_file="error")
+    assert {p.name for p, _ in err.value.bad} == {"notes.txt", "broken.png"}
+    with pytest.raises(ConfigError, match="on_bad_file='eror'"):
+        model.predict(mixed, on_bad_file="eror")
     big = write_image(tmp_path / "big.png", size=(64, 64))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is past twice the limit
     with pytest.raises(BadFilesError, match="big.png.*DecompressionBomb"):
         model.predict(big, on_bad_file="error")
+
+
+@pytest.mark.parametrize("pattern,root", [
+    ("scans/*.png", "scans"), ("scans/*/images/*.png", "scans"), ("*.png", "."),
+    ("a/b/**/*.jpg", "a/b"),
+])
+def test_outputs_are_placed_relative_to_the_part_of_a_glob_before_its_first_wildcard(pattern, root):
+    assert input_root(pattern) == Path(root)
 
 
 def test_a_run_dir_without_checkpoints_is_refused_by_name(tmp_path):

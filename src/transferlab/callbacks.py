@@ -66,7 +66,6 @@ class RunSummary(Callback):
         self.best_epoch: int | None = None
         self.history: list[dict] = []
         self._epoch_start = 0.0
-        self._fit_start = 0.0
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "history": self.history,
@@ -108,7 +107,6 @@ class RunSummary(Callback):
         return None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
         self._write(trainer, pl_module, "running", hparams=self.hparams)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -19,8 +19,8 @@ class BadFilesError(DataError):
         super().__init__(
             f"{len(self.bad)} image file(s) cannot be decoded:\n  "
             + first_few([f"{f}: {why}" for f, why in self.bad])
-            + "\nThe full list is in bad_files.txt of the run dir. Remove or fix them, or set "
-            "data.on_bad_file=skip (or warn) to train without them."
+            + "\nRemove or fix them, or set on_bad_file=skip (or warn; for training "
+            "data.on_bad_file) to go on without them."
         )
 
     def __reduce__(self):  # pickling (a sweep job's result) rebuilds it from the list

@@ -89,7 +89,8 @@ def swept_hparams(cfg: DictConfig) -> dict:
     return {k: str(v) if v is None else v for k, v in params.items()}
 
 
-def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> None:
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float | None:
+    """The best monitor value, which a Hydra sweeper that optimises (Optuna, Ax) reads."""
     quiet_libraries()
     check_multirun_strategy(cfg, HydraConfig.get())
     check_trainer(cfg.trainer)
@@ -134,3 +135,4 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> None:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return summary.best

@@ -143,9 +143,8 @@ class Predictor:
         sources = image_sources(inputs)
         files = [s for s in sources if isinstance(s, Path)]
         not_images = [(f, "not an image file name") for f in files if not is_image_name(f)]
-        bad = not_images + find_bad_files([f for f in files if is_image_name(f)], on_bad_file)
-        if not_images and on_bad_file == "error":
-            raise DataError("not image files: " + ", ".join(str(f) for f, _ in not_images))
+        images = [f for f in files if is_image_name(f)]
+        bad = find_bad_files(images, on_bad_file, known=not_images)
         dropped = {f for f, _ in bad}
         return [s for s in sources if not isinstance(s, Path) or s not in dropped], bad
 

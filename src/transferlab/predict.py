@@ -21,7 +21,7 @@ log = logging.getLogger("transferlab")
 def device_of(trainer: DictConfig) -> str | None:
     import torch
 
-    if int(trainer.get("devices", 1)) != 1:
+    if str(trainer.get("devices", 1)) != "1":
         raise ConfigError(
             "transferlab-predict runs on one device (trainer.devices=1): predictions are written "
             "in input order by one process; run one command per device to split a large set"
@@ -43,8 +43,8 @@ def input_root(pattern: str) -> Path:
         return path
     if path.is_file() or not glob.has_magic(pattern):
         return path.parent
-    fixed = [p for p in path.parts if not glob.has_magic(p)]
-    return Path(*path.parts[: len(fixed)]) if fixed else Path(".")
+    leading = next(i for i, part in enumerate(path.parts) if glob.has_magic(part))
+    return Path(*path.parts[:leading]) if leading else Path(".")
 
 
 def predict(cfg: DictConfig, out: Path) -> dict:
@@ -54,18 +54,24 @@ def predict(cfg: DictConfig, out: Path) -> dict:
 
     from transferlab.console import quiet_libraries
     from transferlab.data.images import load_rgb, write_bad_files
-    from transferlab.inference import load
+    from transferlab.errors import BadFilesError
+    from transferlab.inference import TTA, load
     from transferlab.modules.segmentation import overlay
 
+    if cfg.tta not in TTA:
+        raise ConfigError(f"tta={cfg.tta!r}; choose one of {TTA}")
     quiet_libraries()
     predictor = load(cfg.run, cfg.checkpoint, device_of(cfg.trainer))
-    sources, bad = predictor.usable(cfg.input, cfg.on_bad_file)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        sources, bad = predictor.usable(cfg.input, cfg.on_bad_file)
+    except BadFilesError as err:
+        write_bad_files(out / "bad_files.txt", err.bad)
+        raise
     if bad:
         write_bad_files(out / "bad_files.txt", bad)
     if not sources:
-        raise ConfigError(f"input={cfg.input}: no image to predict"
-                          + (f" ({len(bad)} unusable, see bad_files.txt)" if bad else ""))
+        raise ConfigError(f"input={cfg.input}: no image to predict")
+    out.mkdir(parents=True, exist_ok=True)
     root, names = input_root(str(cfg.input)), predictor.class_names
     segmentation = predictor.task == "segmentation"
     header = ["path", "foreground_fraction", "mask"] if segmentation else [

@@ -53,7 +53,7 @@ def config_dir() -> str:
 def process_rank() -> int:
     """This process's global rank, from the variables DDP launchers and SLURM set (Lightning reads
     the same ones, but importing it here would cost the fast answers)."""
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JOB_COMPLETION_INDEX"):
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if key in os.environ:
             return int(os.environ[key])
     return 0
@@ -129,7 +129,7 @@ def stop(err: BaseException, mode: RunMode) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     start = time.perf_counter()
@@ -149,7 +149,7 @@ def main(cfg: DictConfig) -> None:
     try:
         from transferlab.fit import fit
 
-        fit(cfg, run_dir, ckpt_path)
+        best = fit(cfg, run_dir, ckpt_path)
     except BaseException as err:
         if not rank_zero:
             raise
@@ -169,6 +169,7 @@ def main(cfg: DictConfig) -> None:
         stop(err, hydra_cfg.mode)
     if rank_zero:
         log.info("run finished:\n%s", outcome(run_dir, time.perf_counter() - start, None))
+    return best
 
 
 def cli() -> None:

@@ -58,16 +58,18 @@ def decode_problem(path: Path) -> str | None:
 
 def check_policy(on_bad_file: str) -> None:
     if on_bad_file not in BAD_FILE_POLICIES:
-        raise ConfigError(f"data.on_bad_file={on_bad_file!r}; choose one of {BAD_FILE_POLICIES}")
+        raise ConfigError(f"on_bad_file={on_bad_file!r}; choose one of {BAD_FILE_POLICIES}")
 
 
-def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8) -> list[tuple[Path, str]]:
-    """Decode all `files` in one pass and apply the bad-file policy to those that fail: raise a
-    BadFilesError listing every one, or log them and return them, as (path, reason), for the
-    caller to leave out."""
+def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8,
+                   known: list[tuple[Path, str]] = ()) -> list[tuple[Path, str]]:
+    """Decode all `files` in one pass and apply the bad-file policy to those that fail, together
+    with any `known` bad ones (e.g. files that are no images): raise a BadFilesError listing
+    every one, or log them and return them, as (path, reason), for the caller to leave out."""
+    check_policy(on_bad_file)
     with ThreadPoolExecutor(workers) as pool:
         problems = list(pool.map(decode_problem, files))
-    bad = [(f, why) for f, why in zip(files, problems) if why]
+    bad = [*known, *((f, why) for f, why in zip(files, problems) if why)]
     if not bad:
         return []
     if on_bad_file == "error":
@@ -75,13 +77,12 @@ def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8) -> lis
     if on_bad_file == "warn":
         for f, why in bad:
             log.warning("skipping bad image %s (%s)", f, why)
-    log.info(
-        "skipped %d bad image file(s) (all in bad_files.txt of the run dir): %s",
-        len(bad), first_few([str(f) for f, _ in bad], ", "),
-    )
+    log.info("skipped %d bad image file(s): %s", len(bad), first_few([str(f) for f, _ in bad], ", "))
     return bad
 
 
 def write_bad_files(path: Path, bad: list[tuple[Path, str]]) -> None:
-    """One `<file>\t<reason>` line per bad file."""
+    """One `<file>\t<reason>` line per bad file; the log says where the list went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{f}\t{why}\n" for f, why in bad))
+    log.info("all %d unusable file(s), with the reasons, are listed in %s", len(bad), path)

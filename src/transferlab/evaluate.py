@@ -27,13 +27,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab.errors import ConfigError, DataError, first_few
+from transferlab.errors import ConfigError, DataError
 from transferlab.train import USER_ERRORS, config_dir, finished_run, shown, stop
 
 log = logging.getLogger("transferlab")
 
 NAMED_SPLITS = ("val", "test")  # <data.root>/<split>; any other value is a folder
-BAD_FILE_POLICIES = ("error", "warn", "skip")  # as transferlab.data.images, without importing it
 TOP_LOSSES = 9  # images in top_losses.png, at most
 WORST = 6  # images in worst.png, at most
 SHOWN_SIDE = 320  # figure thumbnails: longest side in pixels
@@ -96,19 +95,20 @@ def split_dir(run_dir: Path, split: str, run_cfg: DictConfig | None) -> Path:
     return folder
 
 
-def data_setting(run_cfg: DictConfig | None, key: str, default=None):
-    value = OmegaConf.select(run_cfg, f"data.{key}") if run_cfg is not None else None
-    return default if value is None else value
-
-
 # -- which files ---------------------------------------------------------------------------------
 
 
-def labelled_images(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
-    """`folder/<class>/*` as in training (any depth below the class folder; files without an image
-    extension ignored), every class folder one of the run's classes."""
+def split_data(run_cfg: DictConfig, folder: Path):
+    """The run's own DataModule (its layout, pairing and mask settings) pointed at `folder`, so a
+    split is read exactly as training read its val folder."""
+    from hydra.utils import instantiate
+
+    return instantiate(run_cfg.data, root=str(folder.parent))
+
+
+def labelled_images(data, folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
+    """`folder/<class>/*` as training lists it, every class folder one of the run's classes."""
     from transferlab.data.classification import class_folders
-    from transferlab.data.images import is_image_name
 
     found = class_folders(folder)
     if not found:
@@ -122,43 +122,11 @@ def labelled_images(folder: Path, class_names: list[str]) -> tuple[list[Path], l
             f"class folder(s) {unknown} in {folder} are not classes of this run; its classes "
             f"(from its training data) are {class_names}"
         )
-    files, labels, ignored = [], [], []
-    for cls in found:
-        for path in sorted(p for p in (folder / cls).rglob("*") if p.is_file()):
-            if is_image_name(path):
-                files.append(path)
-                labels.append(class_names.index(cls))
-            elif not path.name.startswith("."):
-                ignored.append(path)
-    if ignored:
-        log.info("ignored %d file(s) without an image extension: %s", len(ignored),
-                 first_few([str(p) for p in ignored], ", "))
+    data.classes = class_names
+    by_class = data.image_files(folder.name)
+    files = [p for files in by_class.values() for p in files]
+    labels = [class_names.index(c) for c, files in by_class.items() for _ in files]
     return files, labels
-
-
-def image_mask_pairs(folder: Path, mask_suffix: str) -> list[tuple[Path, Path]]:
-    """`folder/images/<id>.<ext>` with `folder/masks/<id><mask_suffix>.<ext>`, paired as in
-    training: a file without its partner is an error naming every one."""
-    from transferlab.data.segmentation import files_by_stem
-
-    image_dir, mask_dir = folder / "images", folder / "masks"
-    if not (image_dir.is_dir() and mask_dir.is_dir()):
-        raise DataError(
-            f"{folder} is not in the run's training layout: expected {image_dir}/<id>.png and "
-            f"{mask_dir}/<id>{mask_suffix}.png"
-        )
-    images, masks = files_by_stem(image_dir), files_by_stem(mask_dir)
-    mask_of = {stem: stem + mask_suffix for stem in images}
-    unpaired = [f"image without a mask: {images[s]}" for s, m in mask_of.items() if m not in masks]
-    wanted = set(mask_of.values())
-    unpaired += [f"mask without an image: {masks[m]}" for m in masks if m not in wanted]
-    if unpaired:
-        raise DataError(
-            f"{len(unpaired)} unpaired file(s) in {folder}: images/<id>.<ext> pairs with "
-            f"masks/<id>{mask_suffix}.<ext> (the run's data.mask_suffix={mask_suffix!r}):\n  "
-            + first_few(unpaired)
-        )
-    return [(images[s], masks[m]) for s, m in mask_of.items()]
 
 
 def usable_files(predictor, files: list[Path], on_bad_file: str, out: Path) -> set[Path]:
@@ -167,20 +135,13 @@ def usable_files(predictor, files: list[Path], on_bad_file: str, out: Path) -> s
     from transferlab.data.images import write_bad_files
     from transferlab.errors import BadFilesError
 
+    (out / "bad_files.txt").unlink(missing_ok=True)  # from an earlier evaluation
     try:
         usable, bad = predictor.usable(files, on_bad_file)
     except BadFilesError as err:
-        out.mkdir(parents=True, exist_ok=True)
         write_bad_files(out / "bad_files.txt", err.bad)
-        raise DataError(
-            f"{len(err.bad)} image file(s) cannot be decoded:\n  "
-            + first_few([f"{f}: {why}" for f, why in err.bad])
-            + f"\nThe full list is in {shown(out / 'bad_files.txt')}. Remove or fix them, or set "
-            "on_bad_file=skip (or warn) to evaluate without them."
-        ) from None
-    (out / "bad_files.txt").unlink(missing_ok=True)  # from an earlier evaluation
+        raise
     if bad:
-        out.mkdir(parents=True, exist_ok=True)
         write_bad_files(out / "bad_files.txt", bad)
     return set(usable)
 
@@ -191,21 +152,23 @@ def usable_files(predictor, files: list[Path], on_bad_file: str, out: Path) -> s
 def evaluate(cfg: DictConfig) -> Evaluation:
     """Everything but the closing block: check the inputs, predict, write the results."""
     run_dir = finished_run(cfg)
-    if cfg.on_bad_file not in BAD_FILE_POLICIES:
-        raise ConfigError(f"on_bad_file={cfg.on_bad_file!r}; choose one of {BAD_FILE_POLICIES}")
     from transferlab.console import quiet_libraries
     from transferlab.inference import checkpoint_path, load
 
     checkpoint_path(run_dir, str(cfg.checkpoint))  # a missing one stops before anything loads
     run_cfg = run_config(run_dir)
+    if run_cfg is None or "data" not in run_cfg:
+        raise ConfigError(f"{run_dir / 'config.yaml'} is missing or has no data settings: eval "
+                          "reads the layout of the run's data (and data.root) from it")
     folder = split_dir(run_dir, str(cfg.split), run_cfg)
     out = out_dir(cfg)
     predictor = load(run_dir, str(cfg.checkpoint), cfg.device)
     quiet_libraries()
     log.info("evaluating %s on %s (%s)", shown(predictor.checkpoint), shown(folder), predictor.device)
+    data = split_data(run_cfg, folder)
     if predictor.task == "classification":
-        return evaluate_classification(cfg, predictor, folder, out)
-    return evaluate_segmentation(cfg, predictor, folder, out, run_cfg)
+        return evaluate_classification(cfg, predictor, data, folder, out)
+    return evaluate_segmentation(cfg, predictor, data, folder, out)
 
 
 def predicted(predictor, sources: list[Path], cfg: DictConfig):
@@ -215,7 +178,7 @@ def predicted(predictor, sources: list[Path], cfg: DictConfig):
         yield from zip(index.tolist(), probs, sizes.tolist())
 
 
-def evaluate_classification(cfg: DictConfig, predictor, folder: Path, out: Path) -> Evaluation:
+def evaluate_classification(cfg: DictConfig, predictor, data, folder: Path, out: Path) -> Evaluation:
     import torch
     from torchmetrics.classification import (
         MulticlassAccuracy,
@@ -227,7 +190,7 @@ def evaluate_classification(cfg: DictConfig, predictor, folder: Path, out: Path)
     )
 
     names = predictor.class_names
-    files, labels = labelled_images(folder, names)
+    files, labels = labelled_images(data, folder, names)
     usable = usable_files(predictor, files, cfg.on_bad_file, out)
     samples = [(f, y) for f, y in zip(files, labels) if f in usable]
     if not samples:
@@ -292,26 +255,22 @@ def evaluate_classification(cfg: DictConfig, predictor, folder: Path, out: Path)
                       len(files) - len(samples), metrics)
 
 
-def evaluate_segmentation(
-    cfg: DictConfig, predictor, folder: Path, out: Path, run_cfg: DictConfig | None
-) -> Evaluation:
+def evaluate_segmentation(cfg: DictConfig, predictor, data, folder: Path, out: Path) -> Evaluation:
     import torch
     from torchmetrics.segmentation import DiceScore, MeanIoU
 
-    from transferlab.data.segmentation import MaskEncoding, check_sizes, class_names
+    from transferlab.data.segmentation import check_sizes
 
     names = predictor.class_names
-    mode = data_setting(run_cfg, "mask_mode", "binary")
-    values = data_setting(run_cfg, "mask_values")
-    values = list(values) if values is not None else None
-    run_names = class_names(mode, data_setting(run_cfg, "classes"), values)
-    if len(run_names) != len(names):
+    if len(data.classes) != len(names):
         raise ConfigError(
-            f"the run's config.yaml data settings give classes {run_names}, its checkpoint "
+            f"the run's config.yaml data settings give classes {data.classes}, its checkpoint "
             f"{predictor.checkpoint} {names}: is config.yaml from another run?"
         )
-    encode = MaskEncoding(mode, len(names), data_setting(run_cfg, "mask_threshold", 128), values)
-    found = image_mask_pairs(folder, data_setting(run_cfg, "mask_suffix", "") or "")
+    encode = data.encode_mask
+    found, unpaired = data.stem_pairs(folder.name)
+    if unpaired:
+        raise DataError(data.unpaired_message(unpaired))
     usable = usable_files(predictor, [f for pair in found for f in pair], cfg.on_bad_file, out)
     pairs = [(i, m) for i, m in found if i in usable and m in usable]
     if not pairs:

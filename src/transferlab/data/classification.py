@@ -94,7 +94,7 @@ class ImageFolderDataModule(SeededLoaders):
         self.classes = class_folders(self.root / "train")
         if not self.classes:
             raise DataError(f"{self.root / 'train'} has no class folders (expected train/<class>/*)")
-        found = {split: self._image_files(split) for split in ("train", "val")}
+        found = {split: self.image_files(split) for split in ("train", "val")}
         # One decoding pass over both splits, so one run reports every bad file.
         every_file = [p for by_class in found.values() for files in by_class.values() for p in files]
         self.bad_files = find_bad_files(every_file, self.on_bad_file)
@@ -109,7 +109,7 @@ class ImageFolderDataModule(SeededLoaders):
             self.root, len(self.classes), self.classes, len(train), len(val),
         )
 
-    def _image_files(self, split: str) -> dict[str, list[Path]]:
+    def image_files(self, split: str) -> dict[str, list[Path]]:
         """Class -> the files with an image extension in `split`; other files are ignored."""
         split_dir = self.root / split
         extra = [c for c in class_folders(split_dir) if c not in self.classes]

@@ -144,10 +144,10 @@ class SegmentationFolderDataModule(SeededLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        found = {split: self._stem_pairs(split) for split in SPLITS}
+        found = {split: self.stem_pairs(split) for split in SPLITS}
         unpaired = [line for _, lines in found.values() for line in lines]
         if unpaired:
-            raise DataError(self._unpaired_message(unpaired))
+            raise DataError(self.unpaired_message(unpaired))
         # One decoding pass over the images and masks of both splits, so one run reports them all.
         every_file = [f for pairs, _ in found.values() for pair in pairs for f in pair]
         self.bad_files = find_bad_files(every_file, self.on_bad_file)
@@ -170,7 +170,7 @@ class SegmentationFolderDataModule(SeededLoaders):
             self.root, self.classes, len(train), len(val),
         )
 
-    def _stem_pairs(self, split: str) -> tuple[list[Pair], list[str]]:
+    def stem_pairs(self, split: str) -> tuple[list[Pair], list[str]]:
         """The (image, mask) pairs of `split` and a line for each file without its partner."""
         image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
         if not (image_dir.is_dir() and mask_dir.is_dir()):
@@ -188,7 +188,7 @@ class SegmentationFolderDataModule(SeededLoaders):
         unpaired += [f"mask without an image: {masks[m]}" for m in masks if m not in wanted]
         return pairs, unpaired
 
-    def _unpaired_message(self, unpaired: list[str]) -> str:
+    def unpaired_message(self, unpaired: list[str]) -> str:
         return (
             f"{len(unpaired)} unpaired file(s) in {self.root}: images/<id>.<ext> pairs with "
             f"masks/<id>{self.mask_suffix}.<ext> (data.mask_suffix={self.mask_suffix!r}); set "

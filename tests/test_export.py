@@ -20,6 +20,7 @@ import torch
 import yaml
 from cli import console, run_cli
 
+from transferlab.data.classification import resize_side
 from transferlab.errors import ConfigError
 from transferlab.export import EXAMPLE_BATCH, ExportCheckError, ExportError, compare, export
 from transferlab.inference import load
@@ -147,7 +148,7 @@ def test_preprocess_json(onnx_classification, onnx_segmentation, torchscript_seg
         assert notes["model"]["file"] == done["model"].name
         assert notes["model"]["checkpoint"] == predictor.checkpoint.name
     c = json.loads(onnx_classification["preprocess"].read_text())
-    assert c["resize"]["shorter_side"] == round(32 * 256 / 224) == 37
+    assert c["resize"]["shorter_side"] == resize_side(32)  # what classification.eval_transform uses
     assert c["resize"]["center_crop"] == [32, 32]
     assert c["input"]["shape"] == ["batch", 3, 32, 32] and c["input"]["name"] == "images"
     assert c["output"]["shape"] == ["batch", 2] and "probabilities" in c["output"]["meaning"]

@@ -39,7 +39,6 @@ INSTALL_HINT = "pip install 'transferlab[export]'"
 INPUT, OUTPUT = "images", "probabilities"  # ONNX graph input and output names
 EXAMPLE_BATCH = 2  # the batch the export traces; the checks run other sizes
 JIT_DEPRECATED = r".*torch\.jit.* is deprecated"  # torch.jit's FutureWarning in current torch
-REDUCTION = 16  # the U-Net pads height and width to multiples of this inside its forward
 
 
 class ExportError(RuntimeError):
@@ -68,26 +67,23 @@ def require_onnx() -> None:
 
 
 def probability_model(module):
-    """The network plus its probability head (softmax; a binary U-Net's one logit expanded to
-    two classes), as one small nn.Module whose output equals `module.predict_step`."""
+    """The network and the module's own `probabilities` (softmax; a binary U-Net's one logit
+    expanded to two classes) as one small nn.Module: what `predict_step` computes. Not the
+    LightningModule itself, which torch.export cannot trace outside a Trainer."""
     import torch
     from torch import nn
 
     class Probabilities(nn.Module):
-        def __init__(self, net: nn.Module, binary: bool):
+        def __init__(self, net: nn.Module, probabilities):
             super().__init__()
             self.net = net
-            self.binary = binary
+            self.probabilities = probabilities
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
-            logits = self.net(images)
-            if self.binary:
-                foreground = logits.sigmoid()
-                return torch.cat([1 - foreground, foreground], dim=1)
-            return logits.softmax(dim=1)
+            return self.probabilities(self.net(images))
 
     Probabilities.__qualname__ = "Probabilities"  # TorchScript names the class after this
-    return Probabilities(module.net, bool(getattr(module, "binary", False))).eval()
+    return Probabilities(module.net, module.probabilities).eval()
 
 
 def export_onnx(model, example, path: Path, segmentation: bool, num_classes: int,
@@ -163,6 +159,9 @@ def deploy_notes(predictor, fmt: str, file: str, opset: int | None) -> dict:
     numbers, and what goes in and comes out of the model."""
     import torch
 
+    from transferlab.data.classification import resize_side
+    from transferlab.models.unet import VGGEncoder
+
     pre = predictor.preprocess
     task, size = pre["task"], int(pre["image_size"])
     names = predictor.class_names
@@ -174,7 +173,7 @@ def deploy_notes(predictor, fmt: str, file: str, opset: int | None) -> dict:
             "size": [size, size],
         }
     else:
-        shorter = round(size * 256 / 224)
+        shorter = resize_side(size)
         resize = {
             "rule": f"resize so that the shorter side is {shorter} px (round({size} * 256 / 224)), "
                     f"keeping the aspect ratio; then crop the central {size}x{size}",
@@ -214,7 +213,7 @@ def deploy_notes(predictor, fmt: str, file: str, opset: int | None) -> dict:
         notes["model"]["opset"] = opset
     if segmentation:
         notes["input"]["height_width"] = (
-            f"any size; the network zero-pads height and width to multiples of {REDUCTION} "
+            f"any size; the network zero-pads height and width to multiples of {VGGEncoder.reduction} "
             f"(bottom, right) and crops its output back, so the output has the input's height and "
             f"width. The eval transform (what validation saw) gives {size}x{size}"
         )
@@ -279,7 +278,7 @@ def check_batches(predictor, run_dir: Path, check_images, count: int):
     size = int(pre["image_size"])
     segmentation = predictor.task == "segmentation"
     count = max(int(count), EXAMPLE_BATCH)
-    other = (size + REDUCTION, size + REDUCTION // 2)  # another height and width for the U-Net
+    other = (size + 16, size + 8)  # a height and width the export did not trace, for the U-Net
 
     images, source = [], ""
     if check_images:

@@ -25,9 +25,14 @@ def train_transform(size: int, mean, std) -> v2.Compose:
     ])
 
 
+def resize_side(size: int) -> int:
+    """The shorter side val images are resized to before the centre crop: ImageNet's 256 / 224."""
+    return round(size * 256 / 224)
+
+
 def eval_transform(size: int, mean, std) -> v2.Compose:
     return v2.Compose([
-        v2.Resize(round(size * 256 / 224), antialias=True),
+        v2.Resize(resize_side(size), antialias=True),
         v2.CenterCrop(size),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),

@@ -110,7 +110,10 @@ class ClassificationModule(TransferModule):
                 logger.experiment.add_figure("val/confusion_matrix", fig, self.current_epoch)
                 plt.close(fig)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=1)
+
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x).softmax(dim=1)
+        return self.probabilities(self(x))
 

@@ -220,6 +220,16 @@ def test_loss_monitor_sorts_ascending(tmp_path):
     assert result.rows[0].diff == pytest.approx(0.1 - 0.4)  # negative: better than He for a loss
 
 
+def test_the_recorded_monitor_mode_wins_over_the_metric_name(tmp_path):
+    # e.g. monitor=val/error (lower is better) with monitor_mode=min, recorded by the runs
+    sweep = tmp_path / "sweep"
+    for num, (name, best) in enumerate({"init=he": 0.4, "init=pretrained": 0.1}.items()):
+        data = summary(best, monitor="val/error", curve=(1.0, best)) | {"monitor_mode": "min"}
+        make_job(sweep, num, [name, "seed=0"], data)
+    result = build_report(sweep, plots=False)
+    assert result.mode == "min" and result.rows[0].configuration == "init=pretrained"
+
+
 def test_seed_only_jobs_are_named_by_their_choices(tmp_path):
     sweep = tmp_path / "sweep"
     make_job(sweep, 0, ["seed=0"], summary(0.8))

@@ -84,6 +84,7 @@ class RunSummary(Callback):
         update_summary(
             self.path,
             monitor=self.monitor,
+            monitor_mode=self.mode,
             best=self.best,
             best_epoch=self.best_epoch,
             epochs_completed=len(self.history),

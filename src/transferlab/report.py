@@ -85,7 +85,13 @@ class ReportResult:
     files: list[Path]
 
 
-def monitor_mode(monitor: str) -> str:
+def monitor_mode(jobs: list[Job], monitor: str) -> str:
+    """As the runs recorded it (summary.json's monitor_mode); older summaries lack it, and then a
+    loss is taken to be minimised and anything else maximised."""
+    recorded = {j.summary["monitor_mode"] for j in jobs
+                if j.summary.get("monitor") == monitor and j.summary.get("monitor_mode")}
+    if len(recorded) == 1:
+        return recorded.pop()
     return "min" if "loss" in monitor.lower() else "max"
 
 
@@ -425,7 +431,7 @@ def build_report(sweep_dir: Path, plots: bool = True) -> ReportResult:
         config = _yaml(jobs[0].path / ".hydra/config.yaml") or {}
         monitors[str(config.get("monitor", "val/acc"))] += 1
     monitor = monitors.most_common(1)[0][0]
-    mode = monitor_mode(monitor)
+    mode = monitor_mode(jobs, monitor)
 
     rows = sort_rows(summarise(jobs), mode)
     mark_baselines(rows)

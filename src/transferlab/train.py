@@ -163,8 +163,8 @@ def main(cfg: DictConfig) -> float | None:
             reason = f"{type(err).__name__}: {err}"
             log.error("%s", reason)
         # The trainer records failures it sees; this catches the ones before it (bad data, config).
-        update_summary(run_dir / "summary.json", monitor=cfg.get("monitor"), status="failed",
-                       error=reason)
+        update_summary(run_dir / "summary.json", monitor=cfg.get("monitor"),
+                       monitor_mode=cfg.get("monitor_mode"), status="failed", error=reason)
         log.info("run failed:\n%s", outcome(run_dir, time.perf_counter() - start, reason))
         stop(err, hydra_cfg.mode)
     if rank_zero:

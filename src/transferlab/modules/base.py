@@ -8,8 +8,6 @@ from transferlab.strategies import FreezeStrategy, is_frozen
 
 
 class TransferModule(L.LightningModule):
-    monitor: str  # the metric that picks the best checkpoint, e.g. "val/acc"
-
     def __init__(self):
         super().__init__()
 

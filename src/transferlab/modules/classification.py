@@ -25,8 +25,6 @@ class ClassificationModule(TransferModule):
     rebuilds the module without Hydra's config composition.
     """
 
-    monitor = "val/acc"
-
     def __init__(
         self,
         backbone: dict,

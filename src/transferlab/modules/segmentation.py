@@ -40,8 +40,6 @@ class SegmentationModule(TransferModule):
     a plain dict, so `load_from_checkpoint` works without Hydra.
     """
 
-    monitor = "val/dice"
-
     def __init__(
         self,
         backbone: dict,

@@ -24,7 +24,7 @@ def test_train_on_real_ants_bees(hymenoptera, tmp_path):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["monitor"] == "val/acc"
-    assert summary["epochs_completed"] == 2
+    assert summary["monitor_mode"] == "max" and summary["epochs_completed"] == 2
     accs = [h["val/acc"] for h in summary["history"]]
     assert 0.0 <= summary["best"] <= 1.0 and summary["best"] == max(accs)
     assert summary["best_epoch"] == accs.index(max(accs))

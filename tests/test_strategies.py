@@ -4,7 +4,14 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from helpers import STRATEGY, classifier_module, quiet_trainer, random_loader
-from transferlab.strategies import is_frozen
+from transferlab.errors import ConfigError
+from transferlab.strategies import (
+    FeatureExtraction,
+    FullFineTune,
+    GradualUnfreezing,
+    PartialFineTune,
+    is_frozen,
+)
 
 FAMILIES = [
     "resnet18", "vgg11_bn", "alexnet", "mobilenet_v3_small",
@@ -76,3 +83,50 @@ def test_frozen_means_frozen(family, strategy, seeded):
             still = [k for k in keys if torch.equal(before[name][k], after[k])]
             assert not still, f"trainable {name}: {still} did not change"
             assert True in modes[name]
+
+
+# The schedules on stage names alone: no network, no Trainer.
+NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+
+
+@pytest.mark.parametrize("strategy,epoch,frozen", [
+    (FeatureExtraction(), 0, {"stem", "layer1", "layer2", "layer3", "layer4"}),
+    (FeatureExtraction(), 30, {"stem", "layer1", "layer2", "layer3", "layer4"}),
+    (FullFineTune(), 0, set()),
+    (PartialFineTune(frozen_stages=3), 9, {"stem", "layer1", "layer2"}),
+    (PartialFineTune(frozen_stages=["layer1", "stem"]), 0, {"stem", "layer1"}),
+    (PartialFineTune(frozen_stages=0), 0, set()),
+    # head only for 3 epochs, then one more stage top-down every 2 epochs
+    (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 2,
+     {"stem", "layer1", "layer2", "layer3", "layer4"}),
+    (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 3, {"stem", "layer1", "layer2", "layer3"}),
+    (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 4, {"stem", "layer1", "layer2", "layer3"}),
+    (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 5, {"stem", "layer1", "layer2"}),
+    (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 11, set()),
+    (GradualUnfreezing(head_epochs=0, unfreeze_every=1), 0, {"stem", "layer1", "layer2", "layer3"}),
+], ids=lambda v: type(v).__name__ if not isinstance(v, (int, set)) else str(v))
+def test_frozen_set_per_epoch(strategy, epoch, frozen):
+    assert strategy.frozen_stages(NAMES, epoch) == frozen
+
+
+@pytest.mark.parametrize("strategy,mults", [
+    (FullFineTune(), [1, 1, 1, 1, 1, 1]),
+    (FullFineTune(backbone_lr_mult=0.1), [0.1, 0.1, 0.1, 0.1, 0.1, 1]),
+    (PartialFineTune(frozen_stages=2, backbone_lr_mult=0.5), [0.5, 0.5, 0.5, 0.5, 0.5, 1]),
+    # right below the head at backbone_lr_mult, each deeper stage a further stage_lr_decay
+    (GradualUnfreezing(backbone_lr_mult=0.1, stage_lr_decay=0.5),
+     [0.1 * 0.5**4, 0.1 * 0.5**3, 0.1 * 0.5**2, 0.1 * 0.5, 0.1, 1]),
+], ids=lambda v: type(v).__name__ if not isinstance(v, list) else "")
+def test_lr_multiplier_per_stage(strategy, mults):
+    assert list(strategy.lr_multipliers(NAMES).values()) == pytest.approx(mults)
+    assert list(strategy.lr_multipliers(NAMES)) == NAMES
+
+
+@pytest.mark.parametrize("strategy,message", [
+    (PartialFineTune(frozen_stages=6), "has 5 stages below the head"),
+    (PartialFineTune(frozen_stages=["layer9"]), r"unknown stage\(s\) \['layer9'\]"),
+    (PartialFineTune(frozen_stages=["head"]), "freezes the head"),
+])
+def test_impossible_settings_are_refused_before_training(strategy, message):
+    with pytest.raises(ConfigError, match=message):
+        strategy.validate(NAMES)

@@ -117,6 +117,16 @@ def test_cache_is_reused_until_weights_image_size_or_a_file_change(tmp_path, noi
     assert cache.builds == 7
 
 
+def test_a_damaged_entry_is_built_again(tmp_path, noisy_folder):
+    module = classifier_module("resnet18", FEATURE_EXTRACTION)
+    cache = FeatureCache(dir=tmp_path / "cache")
+    quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=datamodule(noisy_folder))
+    (entry,) = (tmp_path / "cache").glob("train-*.pt")
+    entry.write_bytes(entry.read_bytes()[:1000])  # cut short, as by a full disk
+    quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=datamodule(noisy_folder))
+    assert cache.status == {"train": "built", "val": "reused"}
+
+
 @pytest.mark.parametrize("backbone,freeze,reason", [
     ("resnet18", {"_target_": STRATEGY + "FullFineTune"},
      "stem, layer1, layer2, layer3, layer4 train from epoch 0"),

@@ -120,6 +120,18 @@ def encode(
     return torch.stack(views), torch.cat(labels)
 
 
+def readable(path: Path) -> bool:
+    """Whether a cache entry loads. Entries are written whole (temporary file, then rename), so a
+    damaged one comes from elsewhere (a full disk, a copy cut short): it is rebuilt, not trusted."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return {"features", "labels"} <= set(stored)
+    except Exception as err:  # truncated zip, unpickling errors: torch raises several types
+        log.warning("feature cache: %s is damaged (%s: %s); building it again", path.name,
+                    type(err).__name__, err)
+        return False
+
+
 class RandomView(Dataset):
     """K cached augmented views per image; each request draws one, as augmentation would."""
 
@@ -260,7 +272,7 @@ class FeatureCache(Callback):
                 "passes": passes[split],
             }
             path = self.dir / f"{split}-{digest(json.dumps(key, sort_keys=True))}.pt"
-            if trainer.is_global_zero and not path.is_file():
+            if trainer.is_global_zero and (not path.is_file() or not readable(path)):
                 self.build(trainer, pl_module, dataset, passes[split], key, path)
                 self.status[split] = "built"
             entries[split] = path

@@ -39,12 +39,17 @@ def write_image(path: Path, size=(40, 30), mode="RGB", color=(200, 30, 30)) -> P
     return path
 
 
-def make_image_folder(root: Path) -> Path:
-    """A tiny two-class ImageFolder with train and val splits."""
+def make_image_folder(root: Path, noise: float = 0.0) -> Path:
+    """A tiny two-class ImageFolder with train and val splits: a red and a blue class, each pixel
+    with Gaussian `noise` (std, in 0..255 levels) or none."""
+    rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("val", 3)):
         for cls, color in (("cats", (220, 20, 20)), ("dogs", (20, 20, 220))):
             for i in range(n):
-                write_image(root / split / cls / f"{i}.png", color=color)
+                path = write_image(root / split / cls / f"{i}.png", color=color)
+                if noise:
+                    pixels = np.asarray(color) + rng.normal(0, noise, (30, 40, 3))
+                    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
     return root
 
 
@@ -82,7 +87,9 @@ def train_run(tmp: Path, *args: str) -> Path:
 def classification_run(tmp_path_factory) -> Path:
     """A finished classification run on a tiny synthetic ImageFolder (data.root in its config)."""
     tmp = tmp_path_factory.mktemp("classification_run")
-    data = make_image_folder(tmp / "data")
+    # Noisy pixels keep the tiny model's probabilities off exactly 0 and 1 (plain colours drove
+    # its logits to ~1e10), so probability comparisons mean something.
+    data = make_image_folder(tmp / "data", noise=40.0)
     return train_run(tmp, f"data.root={data}", "data.image_size=32")
 
 

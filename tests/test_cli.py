@@ -92,6 +92,12 @@ def test_every_bad_file_is_listed_in_one_run(image_folder, tmp_path):
     assert sorted(line.split("\t")[0] for line in listed) == sorted(map(str, bad))
 
 
+def test_the_composed_config_is_logged_on_request(tmp_path):
+    result = run_cli("transferlab-train", *TINY, f"data.root={tmp_path}/nowhere",
+                     "data.download_url=null", "hydra.verbose=transferlab", cwd=tmp_path)
+    assert "config:" in result.stdout and "_target_: transferlab.models.init.HeInit" in result.stdout
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_trainer_without_a_gpu_names_the_fix(hymenoptera, tmp_path):
     result = run_cli("transferlab-train", *TINY, "trainer=gpu", f"data.root={hymenoptera}",

@@ -66,26 +66,27 @@ def out_dir(cfg: DictConfig) -> Path:
     return Path(cfg.run) / "eval" / f"{split_name(str(cfg.split))}-{checkpoint_name(str(cfg.checkpoint))}"
 
 
-def run_config(run_dir: Path) -> DictConfig | None:
-    """The run's saved config (as trained: resolved), or None for a run dir without one."""
+def run_config(run_dir: Path) -> DictConfig:
+    """The run's saved config (as trained: resolved): eval reads the data layout from it."""
     path = run_dir / "config.yaml"
-    return OmegaConf.load(path) if path.is_file() else None
+    run_cfg = OmegaConf.load(path) if path.is_file() else None
+    if run_cfg is None or "data" not in run_cfg:
+        raise ConfigError(f"{path} is missing or has no data settings: eval reads the layout of "
+                          "the run's data (and data.root) from it")
+    return run_cfg
 
 
-def split_dir(run_dir: Path, split: str, run_cfg: DictConfig | None) -> Path:
+def split_dir(run_dir: Path, split: str, run_cfg: DictConfig) -> Path:
     if split not in NAMED_SPLITS:
         folder = Path(split)
         if not folder.is_dir():
             raise DataError(f"split={split}: folder {folder} does not exist")
         return folder
     config = run_dir / "config.yaml"
-    root = OmegaConf.select(run_cfg, "data.root") if run_cfg is not None else None
+    root = OmegaConf.select(run_cfg, "data.root")
     if not root:
-        raise ConfigError(
-            f"split={split} means <data.root>/{split}, but {config} "
-            + ("does not exist" if run_cfg is None else "sets no data.root")
-            + "; pass the folder itself: split=<folder>"
-        )
+        raise ConfigError(f"split={split} means <data.root>/{split}, but {config} sets no "
+                          "data.root; pass the folder itself: split=<folder>")
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(
@@ -157,9 +158,6 @@ def evaluate(cfg: DictConfig) -> Evaluation:
 
     checkpoint_path(run_dir, str(cfg.checkpoint))  # a missing one stops before anything loads
     run_cfg = run_config(run_dir)
-    if run_cfg is None or "data" not in run_cfg:
-        raise ConfigError(f"{run_dir / 'config.yaml'} is missing or has no data settings: eval "
-                          "reads the layout of the run's data (and data.root) from it")
     folder = split_dir(run_dir, str(cfg.split), run_cfg)
     out = out_dir(cfg)
     predictor = load(run_dir, str(cfg.checkpoint), cfg.device)

@@ -27,9 +27,9 @@ def batches(n: int, size: int, batch: int) -> TensorDataset:
 
 def module() -> SegmentationModule:
     return SegmentationModule(
-        backbone={"_target_": "transferlab.models.unet.UNet", "name": "vgg16_bn"},
+        backbone={"_target_": "transferlab.models.backbones.UNetBackbone", "name": "vgg16_bn"},
         num_classes=2,
-        freeze={"_target_": "transferlab.strategies.FullFineTune"},
+        freeze={"_target_": "transferlab.freeze.FullFineTune"},
         optimizer={"_target_": "torch.optim.SGD", "lr": 1e-3, "momentum": 0.9},
     )
 

@@ -1,15 +1,22 @@
+from pathlib import Path
+
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferlab.modules.classification import ClassificationModule
+from transferlab.train import config_dir
 
-STRATEGY = "transferlab.strategies."
+STRATEGY = "transferlab.freeze."
 
 
-def classifier_module(backbone="resnet18", freeze=None, lr=0.05, num_classes=2, **kw):
+def classifier_module(backbone="resnet18", freeze=None, lr=0.05, num_classes=2, backbone_args=None, **kw):
     return ClassificationModule(
-        backbone={"_target_": "transferlab.models.backbones.build_classifier", "name": backbone},
+        backbone={"_target_": "transferlab.models.backbones.TorchvisionBackbone", "name": backbone,
+                  **(backbone_args or {})},
         num_classes=num_classes,
         freeze=freeze or {"_target_": STRATEGY + "FullFineTune"},
         optimizer={"_target_": "torch.optim.SGD", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
@@ -31,3 +38,14 @@ def quiet_trainer(**kw):
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )
     return L.Trainer(**(defaults | kw))
+
+
+def composed(tmp_path, overrides: list[str]):
+    """The train config as a run with these overrides composes it, with Hydra's runtime set."""
+    with initialize_config_dir(str(Path(config_dir())), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg

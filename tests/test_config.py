@@ -1,13 +1,11 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
-from transferlab.models.backbones import classification_models
-from transferlab.strategies import FreezeStrategy
+from transferlab.models.backbones import torchvision_models
+from helpers import composed
+from transferlab.freeze import FreezeStrategy
 from transferlab.fit import swept_hparams
 from transferlab.train import config_dir
 
@@ -18,16 +16,6 @@ GROUPS = ["task", "data", "backbone", "init", "freeze", "optimizer", "scheduler"
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def composed(tmp_path, overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def test_the_public_groups_and_options_exist():
@@ -45,7 +33,7 @@ def test_every_option_composes_and_instantiates(tmp_path, override, monkeypatch)
     needs_root = override in ("data=image_folder", "data=segmentation_folder")
     extra = ["data.root=/my/images"] if needs_root else []
     cfg = composed(tmp_path, [override, *extra])
-    assert cfg.backbone.name in classification_models()
+    assert cfg.backbone.name in torchvision_models()
     assert isinstance(instantiate(cfg.freeze), FreezeStrategy)
     instantiate(cfg.init)
     instantiate(cfg.data)

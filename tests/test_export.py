@@ -31,8 +31,6 @@ TOLERANCE = 1e-4
 def tame_run(run: Path, dest: Path, data_root: str | None) -> tuple[Path, Path]:
     """A copy of `run` (config.yaml with data.root replaced, one checkpoint) whose classifier head
     gives logits within about +-1 on random images; returns the run dir and the checkpoint."""
-    from transferlab.models.backbones import head_name
-
     predictor = load(run, "best", "cpu")
     with torch.inference_mode():
         x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -41,7 +39,7 @@ def tame_run(run: Path, dest: Path, data_root: str | None) -> tuple[Path, Path]:
     centre = logits.mean(0)
     scale = 1.0 / float((logits - centre).abs().max())
     source = torch.load(predictor.checkpoint, map_location="cpu", weights_only=True)
-    head = "net." + head_name(predictor.module.net)
+    head = "net." + predictor.module.backbone.head_path
     state = source["state_dict"]
     state[f"{head}.weight"] = state[f"{head}.weight"] * scale
     state[f"{head}.bias"] = (state[f"{head}.bias"] - centre) * scale

@@ -9,11 +9,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from helpers import STRATEGY, classifier_module, quiet_trainer
-from test_config import composed
+from helpers import composed, STRATEGY, classifier_module, quiet_trainer
 from transferlab.data.classification import ImageFolderDataModule
 from transferlab.fast import FastTraining, cpu_has_bf16, spare_cores
-from transferlab.features import FeatureCache, head_layers
+from transferlab.cache import FeatureCache
 from transferlab.models.init import HeInit
 
 FEATURE_EXTRACTION = {"_target_": STRATEGY + "FeatureExtraction"}
@@ -49,7 +48,7 @@ class HeadGradients(Callback):
         self.steps: list[list[torch.Tensor]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        head = head_layers(pl_module.net)[-1]
+        head = pl_module.backbone.head
         self.steps.append([p.grad.clone() for p in head.parameters()])
 
 
@@ -70,7 +69,7 @@ def record_modes_below_head(module) -> set[bool]:
 def test_cached_head_gets_the_same_gradients_and_predictions(tmp_path, noisy_folder, backbone, size):
     torch.manual_seed(0)
     on_images = classifier_module(backbone, FEATURE_EXTRACTION, lr=0.1)
-    HeInit()(on_images.net, backbone)
+    HeInit()(on_images.backbone)
     on_cache = copy.deepcopy(on_images)
     modes = record_modes_below_head(on_images)
 
@@ -155,7 +154,7 @@ def test_on_when_a_partial_freeze_covers_everything_below_the_head(tmp_path, ima
     dm = datamodule(image_folder, 64)
     quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=dm)
     assert cache.status == {"train": "built", "val": "built"}
-    assert dm.cached is None and module._cached_input_layers is None  # images again after fit
+    assert dm.cached is None  # images again after fit
 
 
 def test_augmented_views_are_cached_once_and_drawn_per_epoch(tmp_path, noisy_folder):
@@ -182,14 +181,16 @@ def test_cache_switch_and_fast_preset_compose(tmp_path):
     instantiate(cfg.data)
 
 
-def test_fast_training_scales_the_lr_linearly_and_tunes_model_and_loaders(image_folder):
-    module = classifier_module("resnet18", FEATURE_EXTRACTION, lr=0.01,
+def test_lrs_scale_linearly_with_the_batch_and_fast_training_tunes_model_and_loaders(image_folder):
+    module = classifier_module("resnet18", FEATURE_EXTRACTION, lr=0.01, lr_reference_batch_size=4,
                                scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 7})
     dm = datamodule(image_folder, 32, batch_size=8)
-    fast = FastTraining(lr_reference_batch_size=4)
+    fast = FastTraining()
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[fast])
     trainer.fit(module, datamodule=dm)
+    # Decided once, where the param groups are built: the scheduler starts from the scaled LRs.
     head_lr = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}["head"]
     assert head_lr == pytest.approx(0.02)
+    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs[-1] == pytest.approx(0.02)
     assert module.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert dm.num_workers == spare_cores() and dm.pin_memory is False  # CPU: nothing to pin for

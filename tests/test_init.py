@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from transferlab.errors import ConfigError
-from transferlab.models.backbones import build_classifier
+from transferlab.models.backbones import TorchvisionBackbone
 from transferlab.models.init import HeInit, Pretrained, load_state_dict_file
 
 
@@ -19,8 +19,9 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
 
 
 def test_he_init_statistics():
-    net = build_classifier("vgg11_bn", 2)
-    HeInit()(net, "vgg11_bn")
+    backbone = TorchvisionBackbone("vgg11_bn", 2)
+    HeInit()(backbone)
+    net = backbone.net
     conv = net.features[0]
     fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
@@ -35,9 +36,10 @@ def test_weights_path_loads_everything_but_the_head(tmp_path):
     state = imagenet_state("resnet18")
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
-    net = build_classifier("resnet18", 3)
+    backbone = TorchvisionBackbone("resnet18", 3)
+    net = backbone.net
     head_before = net.fc.weight.clone()
-    Pretrained(weights_path=str(path))(net, "resnet18")
+    Pretrained(weights_path=str(path))(backbone)
     own = net.state_dict()
     for key, value in state.items():
         if not key.startswith("fc."):
@@ -52,10 +54,10 @@ def test_torchvision_weights_come_from_the_torch_home_cache(tmp_path, monkeypatc
     cache.parent.mkdir(parents=True)
     state = imagenet_state("resnet18")
     torch.save(state, cache)
-    net = build_classifier("resnet18", 2)
-    Pretrained("DEFAULT")(net, "resnet18")
-    assert torch.equal(net.conv1.weight, state["conv1.weight"])
-    mean, std = Pretrained("IMAGENET1K_V1").normalization("resnet18")
+    backbone = TorchvisionBackbone("resnet18", 2)
+    Pretrained("DEFAULT")(backbone)
+    assert torch.equal(backbone.net.conv1.weight, state["conv1.weight"])
+    mean, std = Pretrained("IMAGENET1K_V1").normalization(TorchvisionBackbone, "resnet18")
     assert mean == pytest.approx((0.485, 0.456, 0.406))
 
 
@@ -66,10 +68,11 @@ def test_offline_without_weights_names_the_file_and_alternatives(tmp_path, monke
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    net = build_classifier("resnet18", 2)
+    backbone = TorchvisionBackbone("resnet18", 2)
+    net = backbone.net
     before = net.conv1.weight.clone()
     with pytest.raises(ConfigError) as err:
-        Pretrained("DEFAULT")(net, "resnet18")
+        Pretrained("DEFAULT")(backbone)
     message = str(err.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
     assert "init.weights_path" in message and "init=he" in message
@@ -78,14 +81,14 @@ def test_offline_without_weights_names_the_file_and_alternatives(tmp_path, monke
 
 def test_unknown_weights_name():
     with pytest.raises(ConfigError, match="IMAGENET1K_V1"):
-        Pretrained("IMAGENET9K").normalization("resnet18")
+        Pretrained("IMAGENET9K").normalization(TorchvisionBackbone, "resnet18")
 
 
 def test_weights_of_another_architecture_say_which_keys(tmp_path):
     path = tmp_path / "vgg.pth"
     torch.save(imagenet_state("alexnet"), path)
     with pytest.raises(ConfigError, match=r"missing keys \['conv1.weight'"):
-        Pretrained(weights_path=str(path))(build_classifier("resnet18", 2), "resnet18")
+        Pretrained(weights_path=str(path))(TorchvisionBackbone("resnet18", 2))
 
 
 class RunsCode:

@@ -5,7 +5,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from helpers import STRATEGY, classifier_module, quiet_trainer, random_loader
 from transferlab.errors import ConfigError
 from transferlab.modules.classification import ClassificationModule
-from transferlab.strategies import is_frozen
+from transferlab.freeze import is_frozen
 
 GRADUAL = {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1, "unfreeze_every": 1,
            "backbone_lr_mult": 0.1, "stage_lr_decay": 0.5}

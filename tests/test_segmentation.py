@@ -18,11 +18,12 @@ from transferlab.data.segmentation import SegmentationFolderDataModule
 from transferlab.errors import BadFilesError, ConfigError, DataError
 from transferlab.train import config_dir
 from transferlab.models.init import HeInit, Pretrained
+from transferlab.models.backbones import UNetBackbone
 from transferlab.models.unet import UNet
 from transferlab.modules.segmentation import SegmentationModule
-from transferlab.strategies import is_frozen
+from transferlab.freeze import is_frozen
 
-UNET = {"_target_": "transferlab.models.unet.UNet", "name": "vgg16_bn"}
+UNET = {"_target_": "transferlab.models.backbones.UNetBackbone", "name": "vgg16_bn"}
 BLOCKS = ["block1", "block2", "block3", "block4", "block5"]
 
 
@@ -63,8 +64,8 @@ def test_parameter_count():
 
 
 def test_stages_are_the_five_encoder_blocks_then_the_head():
-    net = UNet(num_classes=2)
-    stages = net.stages()
+    backbone = UNetBackbone(num_classes=2)
+    net, stages = backbone.net, backbone.stages()
     assert list(stages) == [*BLOCKS, "head"]
     convs = [sum(isinstance(m, torch.nn.Conv2d) for m in stages[b]) for b in BLOCKS]
     assert convs == [2, 2, 3, 3, 3]
@@ -113,8 +114,9 @@ def test_frozen_encoder_keeps_its_batchnorm_statistics():
 # -- initialisation ------------------------------------------------------------------------------
 
 def test_he_init_covers_the_decoder():
-    net = UNet(num_classes=2)
-    HeInit()(net, "vgg16_bn")
+    net = UNetBackbone(num_classes=2)
+    HeInit()(net)
+    net = net.net
     up = net.decoder.blocks[0].up
     assert torch.all(up.bias == 0)
     assert all(torch.all(m.weight == 1) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -126,9 +128,10 @@ def test_pretrained_loads_a_torchvision_vgg16_bn_state_dict_into_the_encoder(tmp
     # The classifier's 120M weights go unused; stand-ins under the same names keep the file small.
     state |= {k: torch.zeros(1) for k in state if k.startswith("classifier.")}
     torch.save(state, tmp_path / "vgg16_bn.pth")
-    net = UNet(num_classes=2)
+    backbone = UNetBackbone(num_classes=2)
+    net = backbone.net
     decoder_before = {k: v.clone() for k, v in net.decoder.state_dict().items()}
-    Pretrained(weights_path=str(tmp_path / "vgg16_bn.pth"))(net, "vgg16_bn")
+    Pretrained(weights_path=str(tmp_path / "vgg16_bn.pth"))(backbone)
     own = net.state_dict()
     features = {k: v for k, v in state.items() if k.startswith("features.")}
     assert len(features) == len([k for k in own if k.startswith("encoder.")])
@@ -139,12 +142,12 @@ def test_pretrained_loads_a_torchvision_vgg16_bn_state_dict_into_the_encoder(tmp
 
 
 def test_weights_path_accepts_a_transferlab_unet_checkpoint(tmp_path):
-    trained = UNet(num_classes=3)
+    trained = UNetBackbone(num_classes=3).net
     path = tmp_path / "unet.ckpt"
     torch.save({"state_dict": {f"net.{k}": v for k, v in trained.state_dict().items()}}, path)
-    net = UNet(num_classes=2)
-    Pretrained(weights_path=str(path))(net, "vgg16_bn")
-    for key, value in net.state_dict().items():
+    backbone = UNetBackbone(num_classes=2)
+    Pretrained(weights_path=str(path))(backbone)
+    for key, value in backbone.net.state_dict().items():
         if not key.startswith("segmentation_head."):  # a new head: the class count may differ
             assert torch.equal(value, trained.state_dict()[key]), key
 
@@ -152,7 +155,7 @@ def test_weights_path_accepts_a_transferlab_unet_checkpoint(tmp_path):
 def test_weights_of_another_architecture_say_which_keys(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
     with pytest.raises(ConfigError, match=r"missing keys \['encoder.features.0.weight'"):
-        Pretrained(weights_path=str(tmp_path / "resnet18.pth"))(UNet(num_classes=2), "vgg16_bn")
+        Pretrained(weights_path=str(tmp_path / "resnet18.pth"))(UNetBackbone(num_classes=2))
 
 
 def test_offline_without_weights_is_the_usual_clear_error(tmp_path, monkeypatch):
@@ -163,13 +166,13 @@ def test_offline_without_weights_is_the_usual_clear_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConfigError, match="init=he"):
-        Pretrained("DEFAULT")(UNet(num_classes=2), "vgg16_bn")
+        Pretrained("DEFAULT")(UNetBackbone(num_classes=2))
 
 
 def test_a_classifier_backbone_is_refused_for_segmentation():
     with pytest.raises(ConfigError, match="backbone=unet_vgg16_bn"):
         SegmentationModule(
-            backbone={"_target_": "transferlab.models.backbones.build_classifier", "name": "resnet18"},
+            backbone={"_target_": "transferlab.models.backbones.TorchvisionBackbone", "name": "resnet18"},
             num_classes=2, freeze={"_target_": STRATEGY + "FullFineTune"},
             optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
         )
@@ -352,7 +355,7 @@ def test_sixteen_steps_learn_the_lungs(covid_lung):
     constant = max(dice(torch.full_like(masks, c), masks).item() for c in (0, 1))
 
     module = segmentation_module("FullFineTune", lr=1e-3)
-    HeInit()(module.net, "vgg16_bn")
+    HeInit()(module.backbone)
     trainer = quiet_trainer(max_epochs=4, limit_val_batches=0)
     trainer.fit(module, DataLoader(subset, batch_size=2, shuffle=True))  # 16 steps
     learned = trainer.callback_metrics["train/dice"].item()  # the mean over the last 4 steps

@@ -44,8 +44,6 @@ class FastTraining(Callback):
     """The fast preset's tweaks that a config value cannot express.
 
     - channels_last conv weights, optional torch.compile;
-    - the linear LR scaling rule (Goyal et al. 2017): `optimizer.lr` is the LR at
-      `lr_reference_batch_size`; the run uses lr x (batch size x devices x accumulation) / reference;
     - DataLoader: `num_workers="auto"` gives one worker per spare core, `pin_memory="auto"` pins
       when training on a GPU (pinned pages only speed up host-to-GPU copies). Applied to any
       datamodule with these attributes, before its loaders are made.
@@ -55,13 +53,11 @@ class FastTraining(Callback):
         self,
         channels_last: bool = True,
         compile: bool = False,
-        lr_reference_batch_size: int | None = 4,
         num_workers: int | str | None = "auto",
         pin_memory: bool | str | None = "auto",
     ):
         self.channels_last = channels_last
         self.compile = compile
-        self.lr_reference_batch_size = lr_reference_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
 
@@ -79,28 +75,3 @@ class FastTraining(Callback):
             pl_module.to(memory_format=torch.channels_last)
         if self.compile:
             pl_module.net.compile()  # in place: parameter names, hence checkpoints, unchanged
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        # Here the optimizers exist and no checkpoint is restored yet: a resumed run gets its
-        # already-scaled LRs back from the checkpoint.
-        factor, batch = self.lr_factor(trainer)
-        if factor == 1.0:
-            return
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] *= factor
-                if "initial_lr" in group:
-                    group["initial_lr"] *= factor
-        for config in trainer.lr_scheduler_configs:
-            config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
-        log.info(
-            "fast preset: linear LR scaling, effective batch %d / reference %d: every LR x%g",
-            batch, self.lr_reference_batch_size, factor,
-        )
-
-    def lr_factor(self, trainer) -> tuple[float, int | None]:
-        batch_size = getattr(trainer.datamodule, "batch_size", None)
-        if not self.lr_reference_batch_size or batch_size is None:
-            return 1.0, None
-        effective = batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        return effective / self.lr_reference_batch_size, effective

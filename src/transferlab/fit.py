@@ -97,7 +97,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     init = instantiate(cfg.init)
-    mean, std = init.normalization(cfg.backbone.name)
+    # The one place the normalisation is decided: the pretrained weights' own, else ImageNet's.
+    mean, std = init.normalization(get_class(cfg.backbone._target_), cfg.backbone.name)
     datamodule = instantiate(cfg.data, mean=cfg.data.get("mean") or mean, std=cfg.data.get("std") or std)
     datamodule.prepare_data()
     try:
@@ -125,7 +126,8 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float 
         class_names=list(datamodule.classes),
         preprocess=datamodule.preprocess,
     )
-    init(model.net, cfg.backbone.name)
+    model.backbone.check_image_size(datamodule.image_size)
+    init(model.backbone)
 
     summary = RunSummary(
         run_dir / "summary.json", cfg.monitor, cfg.monitor_mode, hparams=swept_hparams(cfg)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.images import check_policy
-from transferlab.models.init import IMAGENET_MEAN, IMAGENET_STD
+from transferlab.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _mix(*numbers: int) -> int:

@@ -1,7 +1,8 @@
 """U-Net with a VGG16-bn encoder, split like segmentation_models_pytorch: encoder, decoder, head.
 
 Parameter names: torchvision `vgg16_bn`'s `features.<i>.*` is this net's `encoder.features.<i>.*`
-(same indices; its `classifier.*` has no counterpart here). `pretrained_state` does that mapping.
+(same indices; its `classifier.*` has no counterpart here). `UNetBackbone` in
+`transferlab.models.backbones` does that mapping and names the stages.
 """
 
 import logging
@@ -13,12 +14,10 @@ from torchvision.models.vgg import cfgs, make_layers
 from torchvision.ops import Conv2dNormActivation
 
 from transferlab.errors import ConfigError
-from transferlab.models.stages import Stages
 
 log = logging.getLogger(__name__)
 
 ENCODERS = ("vgg16_bn",)
-StateDict = dict[str, torch.Tensor]
 
 
 class VGGEncoder(nn.Module):
@@ -109,28 +108,6 @@ class UNet(nn.Module):
         x = F.pad(x, (0, -width % step, 0, -height % step))
         logits = self.segmentation_head(self.decoder(self.encoder(x)))
         return logits[..., :height, :width]
-
-    def stages(self) -> Stages:
-        """block1..block5 of the encoder, then everything new (bottleneck, decoder, 1x1 conv) as
-        `head`; the freeze strategies work on this map."""
-        stages: Stages = {f"block{i}": block for i, block in enumerate(self.encoder.blocks(), 1)}
-        stages["head"] = [self.decoder, self.segmentation_head]
-        return stages
-
-    def pretrained_state(self, state: StateDict) -> tuple[StateDict, tuple[str, ...]]:
-        """`state` under this net's names, and the modules that keep their fresh init.
-
-        A transferlab U-Net (state_dict or checkpoint) loads all but the 1x1 head, whose class
-        count may differ; a torchvision vgg16_bn state_dict loads the encoder only.
-        """
-        if any(k.startswith("encoder.") for k in state):
-            return state, ("segmentation_head",)
-        mapped = {
-            f"encoder.{k}" if k.startswith("features.") else k: v
-            for k, v in state.items()
-            if not k.startswith("classifier.")
-        }
-        return mapped, ("decoder", "segmentation_head")
 
 
 def count(module: nn.Module) -> int:

@@ -1,25 +1,73 @@
-"""What every transferlab LightningModule shares: stages, param groups, freeze-aware train()."""
+"""What every transferlab LightningModule shares: the backbone, its stages, the freeze strategy,
+the learning rate of every param group, freeze-aware train()."""
+
+import logging
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 
-from transferlab.models.stages import Stages, stage_parameters
-from transferlab.strategies import FreezeStrategy, is_frozen
+from transferlab.errors import ConfigError
+from transferlab.freeze import is_frozen
+from transferlab.models.backbones import Backbone, HeadInputs, Stages, stage_modules, stage_parameters
+
+log = logging.getLogger(__name__)
 
 
 class TransferModule(L.LightningModule):
-    def __init__(self):
+    """Every argument is a primitive or a plain dict of primitives (the group configs), so
+    `load_from_checkpoint` rebuilds the module without Hydra's config composition.
+
+    `lr_reference_batch_size`: when set, `optimizer.lr` is the LR at that batch size and the run
+    uses lr x (batch size x devices x accumulation) / reference (the linear scaling rule).
+    """
+
+    task: str  # "classification" | "segmentation": what the backbone must build
+
+    def __init__(
+        self,
+        *,
+        backbone: dict,
+        num_classes: int,
+        freeze: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        class_names: list[str] | None = None,
+        preprocess: dict | None = None,
+        lr_reference_batch_size: int | None = None,
+    ):
         super().__init__()
+        # Collects the subclass's own arguments too.
+        self.save_hyperparameters(logger=False)
+        self.backbone: Backbone = instantiate(backbone, num_classes=self.net_outputs(num_classes))
+        if self.backbone.task != self.task:
+            raise ConfigError(
+                f"backbone {backbone.get('name')!r} builds a {self.backbone.task} network "
+                f"({type(self.backbone.net).__name__}) but task={self.task}; "
+                + ("use backbone=unet_vgg16_bn" if self.task == "segmentation"
+                   else "use a classifier backbone such as backbone=resnet18")
+            )
+        self.net = self.backbone.net
+        self.freeze_strategy = instantiate(freeze)
+        self.freeze_strategy.validate(list(self.stages))
+        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+
+    def net_outputs(self, num_classes: int) -> int:
+        return num_classes
 
     @property
     def stages(self) -> Stages:
         """Ordered stages from input to head; recomputed so wrapped or converted layers are seen."""
-        raise NotImplementedError
+        return self.backbone.stages()
 
-    def build_freeze_strategy(self, freeze: dict) -> FreezeStrategy:
-        strategy = instantiate(freeze)
-        strategy.validate(list(self.stages))
-        return strategy
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def logits(self, batch) -> torch.Tensor:
+        """From images, or from the head's inputs when the batch is cached ones."""
+        if isinstance(batch, HeadInputs):
+            return self.backbone.forward_head(batch.features)
+        return self(batch[0])
 
     def configure_callbacks(self):
         return [self.freeze_strategy]
@@ -28,21 +76,32 @@ class TransferModule(L.LightningModule):
         # Lightning toggles train/eval around validation; frozen stages must stay in eval.
         super().train(mode)
         if mode:
-            for modules in self.stages.values():
-                if is_frozen(modules):
-                    for m in modules:
+            for items in self.stages.values():
+                if is_frozen(items):
+                    for m in stage_modules(items):
                         m.eval()
         return self
+
+    def lr_scale(self) -> float:
+        reference = self.hparams.lr_reference_batch_size
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if not reference or batch_size is None:
+            return 1.0
+        effective = batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        if effective != reference:
+            log.info("linear LR scaling: effective batch %d / reference %d: every LR x%g",
+                     effective, reference, effective / reference)
+        return effective / reference
 
     def configure_optimizers(self):
         stages = self.stages
         mults = self.freeze_strategy.lr_multipliers(list(stages))
         opt_cfg = dict(self.hparams.optimizer)
-        base_lr = opt_cfg["lr"]
+        base_lr = opt_cfg["lr"] * self.lr_scale()
         groups = [
-            {"params": stage_parameters(mods), "lr": base_lr * mults[name], "name": name}
-            for name, mods in stages.items()
-            if stage_parameters(mods)
+            {"params": stage_parameters(items), "lr": base_lr * mults[name], "name": name}
+            for name, items in stages.items()
+            if stage_parameters(items)
         ]
         optimizer = instantiate(opt_cfg, _partial_=True)(groups)
         sched_cfg = self.hparams.get("scheduler")
@@ -66,9 +125,9 @@ class TransferModule(L.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             lrs = {g.get("name"): g["lr"] for g in self.trainer.optimizers[0].param_groups}
         rows = [("stage", "params", "state", "lr")]
-        for name, mods in self.stages.items():
-            n = sum(p.numel() for p in stage_parameters(mods))
-            state = "frozen" if is_frozen(mods) else "trainable"
+        for name, items in self.stages.items():
+            n = sum(p.numel() for p in stage_parameters(items))
+            state = "frozen" if is_frozen(items) else "trainable"
             lr = f"{lrs[name]:.3g}" if name in lrs else "-"
             rows.append((name, f"{n:,}", state, lr))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -4,7 +4,6 @@ matplotlib.use("Agg")  # figures go to TensorBoard, never to a screen
 
 import matplotlib.pyplot as plt
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import (
@@ -13,32 +12,17 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from transferlab.features import head_layers
-from transferlab.models.stages import stage_map
 from transferlab.modules.base import TransferModule
 
 
 class ClassificationModule(TransferModule):
-    """A torchvision classifier with a new head, trained by a freeze strategy.
+    """A classifier backbone with a new head, trained by a freeze strategy."""
 
-    Every argument is a primitive or a plain dict of primitives, so `load_from_checkpoint`
-    rebuilds the module without Hydra's config composition.
-    """
+    task = "classification"
 
-    def __init__(
-        self,
-        backbone: dict,
-        num_classes: int,
-        freeze: dict,
-        optimizer: dict,
-        scheduler: dict | None = None,
-        class_names: list[str] | None = None,
-        preprocess: dict | None = None,
-    ):
-        super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.net = instantiate(backbone, num_classes=num_classes)
-        self.freeze_strategy = self.build_freeze_strategy(freeze)
+    def __init__(self, **common):
+        super().__init__(**common)
+        num_classes = self.hparams.num_classes
         self.criterion = nn.CrossEntropyLoss()
         self.train_loss = MeanMetric()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -47,34 +31,12 @@ class ClassificationModule(TransferModule):
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
-        # Set while a FeatureCache feeds this fit: batches then hold the head's inputs. A plain
-        # list, so the layers are not registered twice and checkpoints keep their keys.
-        self._cached_input_layers: list[nn.Module] | None = None
-
-    @property
-    def stages(self):
-        return stage_map(self.net)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def use_cached_features(self, on: bool) -> None:
-        self._cached_input_layers = head_layers(self.net) if on else None
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """From images, or from cached head inputs while a FeatureCache is on."""
-        if self._cached_input_layers is None:
-            return self(x)
-        for layer in self._cached_input_layers:
-            x = layer(x)
-        return x
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self.logits(x)
+        logits, y = self.logits(batch), batch[1]
         loss = self.criterion(logits, y)
         # update(), not __call__: the per-batch values are never logged, and computing them
         # costs more than a whole step on cached features. Losses average over images.
@@ -85,8 +47,7 @@ class ClassificationModule(TransferModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self.logits(x)
+        logits, y = self.logits(batch), batch[1]
         self.val_loss.update(self.criterion(logits, y), weight=len(y))
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)
@@ -104,7 +65,7 @@ class ClassificationModule(TransferModule):
             return
         for logger in self.loggers:
             if hasattr(logger.experiment, "add_figure"):
-                fig, _ = self.val_confmat.plot(val=confmat.cpu(), labels=self.hparams.class_names)
+                fig, _ = self.val_confmat.plot(val=confmat.cpu(), labels=self.class_names)
                 logger.experiment.add_figure("val/confusion_matrix", fig, self.current_epoch)
                 plt.close(fig)
 

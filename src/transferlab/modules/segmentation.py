@@ -1,5 +1,4 @@
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.segmentation import DiceScore, MeanIoU
@@ -37,33 +36,15 @@ class SegmentationModule(TransferModule):
     `loss=bce_dice` (what `auto` picks for two classes) gives the network one foreground logit;
     `cross_entropy` gives it one logit per class. Either way predictions, metrics and
     `predict_step` probabilities cover all `num_classes` classes. Every argument is a primitive or
-    a plain dict, so `load_from_checkpoint` works without Hydra.
+    a plain dict (see `TransferModule`).
     """
 
-    def __init__(
-        self,
-        backbone: dict,
-        num_classes: int,
-        freeze: dict,
-        optimizer: dict,
-        scheduler: dict | None = None,
-        class_names: list[str] | None = None,
-        preprocess: dict | None = None,
-        loss: str = "auto",
-        logged_images: int = 4,
-    ):
-        super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.binary = binary_loss(loss, num_classes)
-        self.net = instantiate(backbone, num_classes=1 if self.binary else num_classes)
-        if not callable(getattr(self.net, "stages", None)):
-            raise ConfigError(
-                f"backbone {backbone.get('name')!r} builds a {type(self.net).__name__}, not a "
-                "segmentation network; use a segmentation backbone such as backbone=unet_vgg16_bn"
-            )
-        self.freeze_strategy = self.build_freeze_strategy(freeze)
+    task = "segmentation"
+
+    def __init__(self, *, loss: str = "auto", logged_images: int = 4, **common):
+        super().__init__(**common)
         self.criterion = BCEDiceLoss() if self.binary else nn.CrossEntropyLoss()
-        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+        num_classes = self.hparams.num_classes
         self.train_loss = MeanMetric()
         self.train_dice = DiceScore(num_classes, average="macro", input_format="index")
         self.val_loss = MeanMetric()
@@ -73,11 +54,11 @@ class SegmentationModule(TransferModule):
         self._shown: tuple[torch.Tensor, ...] | None = None
 
     @property
-    def stages(self):
-        return self.net.stages()
+    def binary(self) -> bool:
+        return binary_loss(self.hparams.loss, self.hparams.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def net_outputs(self, num_classes: int) -> int:
+        return 1 if self.binary else num_classes
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         if self.binary:
@@ -93,7 +74,7 @@ class SegmentationModule(TransferModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        logits = self.logits(batch)
         loss = self.criterion(logits, y)
         self.train_loss(loss)
         self.train_dice(self.labels(logits.detach()), y)

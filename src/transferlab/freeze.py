@@ -2,39 +2,36 @@
 
 Every stage sits in its own optimizer param group from the first step; a strategy only flips
 `requires_grad` and module mode. Frozen stages run in eval mode, so their BatchNorm keeps its
-running statistics and their Dropout is off (Lightning's `BaseFinetuning.freeze` leaves BN
-training on batch statistics; we reuse its hooks and checkpoint state, not that policy).
+running statistics and their Dropout is off. The frozen set is a function of the epoch alone,
+so a resumed run needs no state of its own (nor Lightning's `BaseFinetuning`, whose frozen
+BatchNorm keeps training on batch statistics).
 """
 
 import logging
 
 import lightning as L
-from lightning.pytorch.callbacks import BaseFinetuning
-from torch import nn
+from lightning.pytorch.callbacks import Callback
 
 from transferlab.errors import ConfigError
-from transferlab.models.stages import Stages, stage_parameters
+from transferlab.models.backbones import HEAD, StageItem, Stages, stage_modules, stage_parameters
 
 log = logging.getLogger(__name__)
 
-HEAD = "head"
 
-
-def is_frozen(modules: list[nn.Module]) -> bool:
-    params = stage_parameters(modules)
+def is_frozen(items: list[StageItem]) -> bool:
+    params = stage_parameters(items)
     return bool(params) and not any(p.requires_grad for p in params)
 
 
-def set_frozen(modules: list[nn.Module], frozen: bool, training: bool) -> None:
-    for p in stage_parameters(modules):
+def set_frozen(items: list[StageItem], frozen: bool, training: bool) -> None:
+    for p in stage_parameters(items):
         p.requires_grad_(not frozen)
-    for m in modules:
+    for m in stage_modules(items):
         m.train(training and not frozen)
 
 
-class FreezeStrategy(BaseFinetuning):
+class FreezeStrategy(Callback):
     def __init__(self, backbone_lr_mult: float = 1.0):
-        super().__init__()
         self.backbone_lr_mult = backbone_lr_mult
 
     def frozen_stages(self, names: list[str], epoch: int) -> set[str]:
@@ -56,13 +53,9 @@ class FreezeStrategy(BaseFinetuning):
             set_frozen(modules, name in frozen, training)
         return thawed
 
-    # Lightning hooks. Freezing waits for on_fit_start, after the strategy has wrapped the model
-    # (DDP registers gradient hooks only for parameters that require grad at wrap time).
-    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
-        pass
-
+    # Freezing waits for on_fit_start, after the strategy has wrapped the model (DDP registers
+    # gradient hooks only for parameters that require grad at wrap time).
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
         self.apply(pl_module.stages, trainer.current_epoch, pl_module.training)
         if not trainer.is_global_zero:
             return
@@ -72,7 +65,8 @@ class FreezeStrategy(BaseFinetuning):
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("stages", table.replace("\n", "  \n"), trainer.global_step)
 
-    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
         thawed = self.apply(pl_module.stages, epoch, pl_module.training)
         if thawed and pl_module.trainer.is_global_zero:
             log.info("epoch %d: unfroze %s\n%s", epoch, ", ".join(thawed), pl_module.stage_table())

@@ -1,4 +1,4 @@
-"""Speed: cached "CNN codes" for frozen backbones.
+"""The `cache` group. Speed: cached "CNN codes" for frozen backbones.
 
 When only the head trains, everything below it is a fixed function of the image: frozen
 weights, BatchNorm on running statistics, Dropout off (frozen stages run in eval mode). So its
@@ -11,44 +11,23 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 import torchvision
+from filelock import FileLock
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from transferlab.models.backbones import head_name
-from transferlab.models.stages import stage_map
-from transferlab.strategies import HEAD
+from transferlab.models.backbones import HEAD, Backbone, HeadInputs, eval_mode
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the stored layout changes: old entries are then never read
 SPLITS = ("train", "val")
-
-
-def head_layers(net: nn.Module) -> list[nn.Module]:
-    """What still runs on a cached head input: the head stage's Dropouts, then the head.
-
-    torchvision puts Dropout right before the last Linear (EfficientNet, MobileNetV2); in the
-    uncached path it drops entries of exactly the tensor that is cached, so it is replayed here.
-    """
-    dropouts = [m for m in stage_map(net)[HEAD] if isinstance(m, nn.modules.dropout._DropoutNd)]
-    return [*dropouts, net.get_submodule(head_name(net))]
-
-
-def stateful_head_extras(net: nn.Module) -> list[str]:
-    """Layers in the head stage, besides the head and its Dropouts, that keep state: their
-    output could change during training, so it cannot be cached."""
-    keep = {id(m) for m in head_layers(net)}
-    return [
-        type(m).__name__ for m in stage_map(net)[HEAD]
-        if id(m) not in keep and any(True for _ in m.buffers())
-    ]
 
 
 def first_epoch_training_below_head(strategy, names: list[str], max_epochs: int | None):
@@ -91,32 +70,26 @@ def digest(text: str) -> str:
 
 @torch.inference_mode()
 def encode(
-    net: nn.Module, dataset: Dataset, passes: int, batch_size: int, num_workers: int,
+    backbone: Backbone, dataset: Dataset, passes: int, batch_size: int, num_workers: int,
     device: torch.device, autocast=nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's input for every image, `passes` times: (passes, N, D) float32 and (N,) labels.
-    The caller puts `net` in eval mode."""
-    head = net.get_submodule(head_name(net))
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].float().cpu()))
+    """The head's input for every image, `passes` times: (passes, N, ...) float32 and (N,)
+    labels. The caller puts the network in eval mode."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         persistent_workers=num_workers > 0 and passes > 1,
     )
     views, labels = [], []
-    try:
-        for _ in range(passes):
-            labels = []
-            for x, y in loader:
-                with autocast():
-                    # NHWC input makes every conv take oneDNN's/cuDNN's NHWC kernels: ~1.3x
-                    # on a CPU, same values up to float rounding.
-                    net(x.to(device, memory_format=torch.channels_last))
-                labels.append(torch.as_tensor(y))
-            views.append(torch.cat(captured))
-            captured.clear()
-    finally:
-        hook.remove()
+    for _ in range(passes):
+        features, labels = [], []
+        for x, y in loader:
+            with autocast():
+                # NHWC input makes every conv take oneDNN's/cuDNN's NHWC kernels: ~1.3x on a
+                # CPU, same values up to float rounding.
+                f = backbone.forward_features(x.to(device, memory_format=torch.channels_last))
+            features.append(f.float().cpu())
+            labels.append(torch.as_tensor(y))
+        views.append(torch.cat(features))
     return torch.stack(views), torch.cat(labels)
 
 
@@ -132,8 +105,9 @@ def readable(path: Path) -> bool:
         return False
 
 
-class RandomView(Dataset):
-    """K cached augmented views per image; each request draws one, as augmentation would."""
+class CachedViews(Dataset):
+    """K cached views per image (K=1: the val transform's); each request draws one, as
+    augmentation would. Items are `HeadInputs`, so the module runs only the head on them."""
 
     def __init__(self, views: torch.Tensor, labels: torch.Tensor):
         self.views = views
@@ -143,20 +117,8 @@ class RandomView(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        view = int(torch.randint(len(self.views), ()))
-        return self.views[view, i], self.labels[i]
-
-
-@contextmanager
-def eval_mode(net: nn.Module):
-    """Every submodule in eval mode inside the block, each back in its own mode after."""
-    modes = {m: m.training for m in net.modules()}
-    net.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+        view = int(torch.randint(len(self.views), ())) if len(self.views) > 1 else 0
+        return HeadInputs(self.views[view, i], self.labels[i])
 
 
 class FeatureCache(Callback):
@@ -185,7 +147,6 @@ class FeatureCache(Callback):
         self.status: dict[str, str] = {}  # split -> "built" | "reused", for the last fit
         self.active = False
         self._datamodule = None
-        self._module = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.status = {}
@@ -195,8 +156,7 @@ class FeatureCache(Callback):
             return
         sets = self.load_or_build(trainer, pl_module)
         trainer.datamodule.use_cached(sets)
-        pl_module.use_cached_features(True)
-        self.active, self._datamodule, self._module = True, trainer.datamodule, pl_module
+        self.active, self._datamodule = True, trainer.datamodule
         # A head on cached inputs is a few tiny matrix products: extra OpenMP threads only add
         # barriers, and on a busy machine each barrier waits for a descheduled thread (measured
         # here: 17 ms instead of 0.4 ms per step with 2 threads on 2 shared cores).
@@ -217,18 +177,17 @@ class FeatureCache(Callback):
         """Images again: later validate/predict calls and the next fit see the real data."""
         if self.active:
             self._datamodule.use_cached(None)
-            self._module.use_cached_features(False)
             torch.set_num_threads(self._threads)
-        self.active, self._datamodule, self._module = False, None, None
+        self.active, self._datamodule = False, None
 
     def reason_to_stay_off(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
         if not self.enabled:
             return "disabled (cache=off)"
-        strategy = getattr(pl_module, "freeze_strategy", None)
-        if strategy is None or not hasattr(pl_module, "use_cached_features"):
-            return f"{type(pl_module).__name__} cannot train its head on cached inputs"
+        backbone, strategy = getattr(pl_module, "backbone", None), getattr(pl_module, "freeze_strategy", None)
+        if not isinstance(backbone, Backbone) or strategy is None:
+            return f"{type(pl_module).__name__} is no transferlab module with a backbone"
         if not hasattr(trainer.datamodule, "use_cached"):
-            return "the images do not come from a transferlab datamodule"
+            return "the images do not come from a transferlab classification datamodule"
         names = list(pl_module.stages)
         training = first_epoch_training_below_head(strategy, names, trainer.max_epochs)
         if training:
@@ -238,10 +197,7 @@ class FeatureCache(Callback):
                 f"under {type(strategy).__name__}; cached inputs are only valid while everything "
                 "below the head stays frozen"
             )
-        extras = stateful_head_extras(pl_module.net)
-        if extras:
-            return f"the head stage holds stateful layers {extras}"
-        return None
+        return backbone.cache_blocker()
 
     def load_or_build(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Dataset]:
         datamodule = trainer.datamodule
@@ -259,7 +215,7 @@ class FeatureCache(Callback):
             "format": CACHE_FORMAT,
             "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
             "network": digest(repr(pl_module.net)),
-            "weights": weights_digest(pl_module.net, skip=head_name(pl_module.net)),
+            "weights": weights_digest(pl_module.net, skip=pl_module.backbone.head_path),
             "precision": str(trainer.precision),
         }
         entries = {}
@@ -272,17 +228,21 @@ class FeatureCache(Callback):
                 "passes": passes[split],
             }
             path = self.dir / f"{split}-{digest(json.dumps(key, sort_keys=True))}.pt"
-            if trainer.is_global_zero and (not path.is_file() or not readable(path)):
-                self.build(trainer, pl_module, dataset, passes[split], key, path)
-                self.status[split] = "built"
+            if trainer.is_global_zero:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                # The jobs of a parallel sweep that need the same entry: one builds, the others
+                # wait for it and read it whole.
+                with FileLock(path.with_suffix(".lock")):
+                    if not path.is_file() or not readable(path):
+                        self.build(trainer, pl_module, dataset, passes[split], key, path)
+                        self.status[split] = "built"
             entries[split] = path
         trainer.strategy.barrier("feature_cache")
         sets = {}
         for split, path in entries.items():
             self.status.setdefault(split, "reused")
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            views, labels = stored["features"], stored["labels"]
-            sets[split] = TensorDataset(views[0], labels) if len(views) == 1 else RandomView(views, labels)
+            sets[split] = CachedViews(stored["features"], stored["labels"])
         return sets
 
     def build(self, trainer, pl_module, dataset, passes: int, key: dict, path: Path) -> None:
@@ -292,13 +252,12 @@ class FeatureCache(Callback):
         with torch.random.fork_rng(devices=[]), eval_mode(pl_module.net):
             torch.manual_seed(0)
             features, labels = encode(
-                pl_module.net, dataset, passes, self.batch_size, trainer.datamodule.num_workers,
+                pl_module.backbone, dataset, passes, self.batch_size, trainer.datamodule.num_workers,
                 pl_module.device, trainer.precision_plugin.forward_context,
             )
-        self.dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"features": features, "labels": labels, "key": key}, tmp)
-        tmp.replace(path)  # parallel runs of a sweep never read half a file
+        tmp.replace(path)  # a reader without the lock (another machine's job) never sees half a file
         self.builds += 1
         log.info(
             "feature cache: built %s (%d x %s) in %.1f s", path.name, passes,

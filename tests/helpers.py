@@ -13,10 +13,16 @@ from transferlab.train import config_dir
 STRATEGY = "transferlab.freeze."
 
 
+def backbone_config(name: str, **kwargs) -> dict:
+    """`resnet18`: torchvision's; `timm/resnet18`: timm's."""
+    family, _, timm_name = name.rpartition("/")
+    target = "TimmBackbone" if family == "timm" else "TorchvisionBackbone"
+    return {"_target_": f"transferlab.models.backbones.{target}", "name": timm_name, **kwargs}
+
+
 def classifier_module(backbone="resnet18", freeze=None, lr=0.05, num_classes=2, backbone_args=None, **kw):
     return ClassificationModule(
-        backbone={"_target_": "transferlab.models.backbones.TorchvisionBackbone", "name": backbone,
-                  **(backbone_args or {})},
+        backbone=backbone_config(backbone, **(backbone_args or {})),
         num_classes=num_classes,
         freeze=freeze or {"_target_": STRATEGY + "FullFineTune"},
         optimizer={"_target_": "torch.optim.SGD", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
@@ -49,3 +55,18 @@ def composed(tmp_path, overrides: list[str]):
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def fit_head_on_cache(root: str, cache_dir: str, start, statuses) -> None:
+    """One feature-extraction fit through a FeatureCache; run in its own process by the test of
+    concurrent sweep jobs, which releases every process at once through `start`."""
+    from transferlab.cache import FeatureCache
+    from transferlab.data.classification import ImageFolderDataModule
+
+    torch.manual_seed(0)  # the same weights in every job, as pretrained ones would be
+    module = classifier_module("resnet18", {"_target_": STRATEGY + "FeatureExtraction"})
+    cache = FeatureCache(dir=cache_dir)
+    datamodule = ImageFolderDataModule(root, image_size=32, batch_size=4, num_workers=0, augment=False)
+    start.wait()
+    quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=datamodule)
+    statuses.put(cache.status)

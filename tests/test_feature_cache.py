@@ -1,15 +1,17 @@
 import copy
 import logging
+import multiprocessing
 import os
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from helpers import composed, STRATEGY, classifier_module, quiet_trainer
+from helpers import STRATEGY, classifier_module, composed, fit_head_on_cache, quiet_trainer
 from transferlab.data.classification import ImageFolderDataModule
 from transferlab.fast import FastTraining, cpu_has_bf16, spare_cores
 from transferlab.cache import FeatureCache
@@ -56,19 +58,23 @@ def record_modes_below_head(module) -> set[bool]:
     """The training flags every layer below the head runs with, filled in as they run."""
     modes: set[bool] = set()
     for name, stage in module.stages.items():
-        for layer in (sub for m in stage for sub in m.modules()) if name != "head" else ():
+        for layer in (sub for m in stage if isinstance(m, nn.Module) for sub in m.modules()) if name != "head" else ():
             layer.register_forward_pre_hook(lambda m, args: modes.add(m.training))
     return modes
 
 
-@pytest.mark.parametrize("backbone,size", [
-    ("resnet18", 32),
-    ("alexnet", 64),        # the frozen part includes the classifier stage (FC layers, Dropout)
-    ("mobilenet_v2", 32),   # Dropout in the head stage: replayed on the cached inputs
+@pytest.mark.parametrize("backbone,size,args", [
+    ("resnet18", 32, {}),
+    ("alexnet", 64, {}),        # the frozen part includes the classifier stage (FC layers, Dropout)
+    ("mobilenet_v2", 32, {}),   # Dropout in the head stage: replayed on the cached inputs
+    ("squeezenet1_1", 64, {}),  # a conv head: the cache holds feature maps, the head pools them
+    ("vit_b_16", 32, {"image_size": 32}),  # class token and position embedding in the stem
+    ("timm/convnext_atto", 32, {}),        # timm: a norm between the body and the classifier
+    ("timm/vit_tiny_patch16_224", 32, {"img_size": 32, "drop_rate": 0.5}),  # head dropout frozen
 ])
-def test_cached_head_gets_the_same_gradients_and_predictions(tmp_path, noisy_folder, backbone, size):
+def test_cached_head_gets_the_same_gradients_and_predictions(tmp_path, noisy_folder, backbone, size, args):
     torch.manual_seed(0)
-    on_images = classifier_module(backbone, FEATURE_EXTRACTION, lr=0.1)
+    on_images = classifier_module(backbone, FEATURE_EXTRACTION, lr=0.1, backbone_args=args)
     HeInit()(on_images.backbone)
     on_cache = copy.deepcopy(on_images)
     modes = record_modes_below_head(on_images)
@@ -194,3 +200,22 @@ def test_lrs_scale_linearly_with_the_batch_and_fast_training_tunes_model_and_loa
     assert trainer.lr_scheduler_configs[0].scheduler.base_lrs[-1] == pytest.approx(0.02)
     assert module.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert dm.num_workers == spare_cores() and dm.pin_memory is False  # CPU: nothing to pin for
+
+
+def test_parallel_jobs_build_a_shared_entry_once_and_read_it_whole(tmp_path, noisy_folder):
+    """Two processes (the jobs of a parallel sweep) that need the same entries at the same time:
+    one builds each entry under its lock, the other waits and reads the finished file."""
+    context = multiprocessing.get_context("spawn")
+    start, statuses = context.Barrier(2), context.Queue()
+    jobs = [context.Process(target=fit_head_on_cache,
+                            args=(str(noisy_folder), str(tmp_path / "cache"), start, statuses))
+            for _ in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=300)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    results = [statuses.get(timeout=5) for _ in jobs]
+    for split in ("train", "val"):
+        assert sorted(r[split] for r in results) == ["built", "reused"], results
+    assert not list((tmp_path / "cache").glob("*.tmp"))

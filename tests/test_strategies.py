@@ -23,6 +23,12 @@ FAMILIES = {
     "mnasnet0_5": (64, {}), "swin_t": (32, {}), "squeezenet1_1": (64, {}),
     "googlenet": (64, {}), "inception_v3": (128, {}),
     "vit_b_16": (32, {"image_size": 32}), "maxvit_t": (224, {}),  # MaxViT: 224 only
+    # timm: stages from each model's group_matcher, head from reset_classifier
+    # (timm zero-initialises each residual block's last BN scale, which gives the block's other
+    # parameters an exactly zero gradient in the one step the gradual case trains them.)
+    "timm/resnet18": (64, {"zero_init_last": False}), "timm/convnext_atto": (64, {}),
+    "timm/efficientnet_b0": (64, {}), "timm/regnetx_002": (64, {"zero_init_last": False}), "timm/vit_tiny_patch16_224": (32, {"img_size": 32}),
+    "timm/deit_tiny_patch16_224": (32, {"img_size": 32}),
 }
 GRADUAL = {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1, "unfreeze_every": 1}
 STRATEGIES = {
@@ -72,6 +78,8 @@ def test_frozen_means_frozen(family, strategy, seeded):
     for m in module.net.modules():
         if isinstance(m, StochasticDepth):
             m.p = 0.0
+        if type(m).__name__ == "DropPath":  # timm's
+            m.drop_prob = 0.0
     names = list(module.stages)
     frozen_at_end = set(expect_frozen(names[:-1]))
     before = {n: state(mods) for n, mods in module.stages.items()}

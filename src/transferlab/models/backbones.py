@@ -453,13 +453,16 @@ def stages_from_groups(net: nn.Module, group_of: dict[str, str], order: list[str
 
 
 def _stage_name(index: int, params: list[str], taken: set[str]) -> str:
-    """The deepest module path all of a group's parameters share (`layer3`, `stages.2`)."""
+    """The module path all of a group's parameters share, up to its first numbered part
+    (`layer3`, `stages.2`, `s1`, `blocks.11`)."""
     parts = [p.split(".")[:-1] for p in params]
     common = []
     for level in zip(*parts):
         if len(set(level)) > 1:
             break
         common.append(level[0])
+        if any(c.isdigit() for c in level[0]):
+            break
     name = ".".join(common) or ("stem" if index == 0 else ".".join(params[0].split(".")[:2]))
     return name if name not in taken and name != HEAD else f"group{index}"
 
@@ -582,3 +585,33 @@ class UNetBackbone(Backbone):
             if not k.startswith("classifier.")
         }
         return mapped, ("decoder", "segmentation_head")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`transferlab-backbones [PATTERN]`: the networks `backbone.name=` takes."""
+    import argparse
+    import fnmatch
+
+    parser = argparse.ArgumentParser(
+        prog="transferlab-backbones",
+        description="List the backbones transferlab trains: every torchvision classifier "
+        "(backbone=torchvision or a named group such as backbone=resnet18, then backbone.name=NAME) "
+        "and, with timm installed, every timm model (backbone=timm backbone.name=NAME).",
+    )
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'convnext*'")
+    parser.add_argument("--pretrained", action="store_true", help="timm: only models with pretrained weights")
+    args = parser.parse_args(argv)
+    found = fnmatch.filter(torchvision_models(), args.pattern)
+    print(f"torchvision ({len(found)}): {' '.join(found) or '-'}")
+    try:
+        timm = import_timm()
+    except ConfigError as err:
+        print(f"timm: not installed ({err})")
+        return 0
+    found = timm.list_models(args.pattern, pretrained=args.pretrained)
+    print(f"timm ({len(found)}): {' '.join(found) or '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

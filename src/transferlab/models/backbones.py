@@ -145,7 +145,7 @@ class Backbone:
         except (RuntimeError, AssertionError, ValueError) as err:
             raise ConfigError(
                 f"backbone {self.name} cannot take {size}x{size} images (data.image_size={size}): "
-                f"{str(err).splitlines()[0]}{self.size_hint()}"
+                f"{str(err).splitlines()[0].rstrip('.!')}{self.size_hint()}"
             ) from None
 
     def size_hint(self) -> str:
@@ -316,7 +316,18 @@ def _leftovers(net: nn.Module, placed: set[int], head: nn.Module) -> list[nn.Mod
     return rest
 
 
-class TorchvisionBackbone(Backbone):
+class TorchvisionWeights(Backbone):
+    """Pretrained weights from torchvision's Weights of the architecture `name`."""
+
+    @classmethod
+    def weights_normalization(cls, name, weights):
+        return torchvision_normalization(name, weights)
+
+    def pretrained_state(self, weights):
+        return torchvision_state(self.name, weights)
+
+
+class TorchvisionBackbone(TorchvisionWeights):
     """Any model of `torchvision.models.list_models(module=torchvision.models)`, built with
     `get_model` (random weights; the `init` group decides the start) and a new head for
     `num_classes`. Extra arguments go to the constructor, e.g. `+backbone.image_size=64` for ViT."""
@@ -380,13 +391,6 @@ class TorchvisionBackbone(Backbone):
         if isinstance(self.net, tvm.SqueezeNet):
             return list(self.net.classifier)
         return super().head_replay()
-
-    @classmethod
-    def weights_normalization(cls, name, weights):
-        return torchvision_normalization(name, weights)
-
-    def pretrained_state(self, weights):
-        return torchvision_state(self.name, weights)
 
     def map_pretrained(self, state):
         if self.name in FAMILY_ARGS:  # built without auxiliary classifiers
@@ -543,7 +547,7 @@ def _timm_tag(name: str, weights: str) -> str:
 # --- the U-Net --------------------------------------------------------------------------------
 
 
-class UNetBackbone(Backbone):
+class UNetBackbone(TorchvisionWeights):
     """U-Net whose encoder is a torchvision classifier's conv layers (vgg16_bn): ImageNet weights
     for the encoder come from that classifier's weights, mapped onto `encoder.*`."""
 
@@ -565,13 +569,6 @@ class UNetBackbone(Backbone):
 
     def cache_blocker(self):
         return "the U-Net's decoder reads the encoder at five resolutions, not one cached tensor"
-
-    @classmethod
-    def weights_normalization(cls, name, weights):
-        return torchvision_normalization(name, weights)
-
-    def pretrained_state(self, weights):
-        return torchvision_state(self.name, weights)
 
     def map_pretrained(self, state):
         """A transferlab U-Net (state_dict or checkpoint) loads all but the 1x1 head, whose class

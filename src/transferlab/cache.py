@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from transferlab.data.sampling import _mix
 from transferlab.models.backbones import HEAD, Backbone, HeadInputs, eval_mode
 
 log = logging.getLogger(__name__)
@@ -106,19 +107,44 @@ def readable(path: Path) -> bool:
 
 
 class CachedViews(Dataset):
-    """K cached views per image (K=1: the val transform's); each request draws one, as
-    augmentation would. Items are `HeadInputs`, so the module runs only the head on them."""
+    """K cached views per image (K=1: the val transform's). Each epoch draws one view per image,
+    as augmentation would, from (seed, epoch) alone, so a resumed run draws the same.
 
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor):
+    Batches are cut straight from the stored tensors (`__getitems__`, which DataLoader calls with
+    a batch of keys): per-image indexing and collating cost more than the head's whole step.
+    Keys are `(index, epoch)` from `EpochShuffle`, or plain indices. A batch is `HeadInputs`, so
+    the module runs only the head on it.
+    """
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, seed: int = 0):
         self.views = views
         self.labels = labels
+        self.seed = seed
+        self._draws: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
-        view = int(torch.randint(len(self.views), ())) if len(self.views) > 1 else 0
-        return HeadInputs(self.views[view, i], self.labels[i])
+    def draws(self, epoch: int) -> torch.Tensor:
+        if self._draws is None or self._draws[0] != epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._draws = epoch, torch.randint(len(self.views), (len(self),), generator=g)
+        return self._draws[1]
+
+    def __getitems__(self, keys: list) -> HeadInputs:
+        epoch = keys[0][1] if isinstance(keys[0], tuple) else 0
+        index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys])
+        view = self.draws(epoch)[index] if len(self.views) > 1 else 0
+        return HeadInputs(self.views[view, index], self.labels[index])
+
+    def __getitem__(self, key) -> HeadInputs:
+        features, label = self.__getitems__([key])
+        return HeadInputs(features[0], label[0])
+
+    @staticmethod
+    def collate(batch: HeadInputs) -> HeadInputs:
+        """A batch from `__getitems__` is whole already."""
+        return batch
 
 
 class FeatureCache(Callback):
@@ -242,7 +268,7 @@ class FeatureCache(Callback):
         for split, path in entries.items():
             self.status.setdefault(split, "reused")
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            sets[split] = CachedViews(stored["features"], stored["labels"])
+            sets[split] = CachedViews(stored["features"], stored["labels"], datamodule.seed)
         return sets
 
     def build(self, trainer, pl_module, dataset, passes: int, key: dict, path: Path) -> None:

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
-from transferlab.data.sampling import SeededLoaders
+from transferlab.data.sampling import EpochShuffle, SeededLoaders
 from transferlab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -163,14 +163,17 @@ class ImageFolderDataModule(SeededLoaders):
 
     def train_dataloader(self) -> DataLoader:
         if self.cached:
-            # Cached tensors are already in memory: a worker process would only copy them.
-            return self._seeded_loader(self.cached["train"], num_workers=0)
+            # In-memory tensors that draw their own views: no per-sample seeding, no worker
+            # process (it would only copy them), whole batches at a time.
+            cached = self.cached["train"]
+            sampler = EpochShuffle(len(cached), self.seed, self._current_epoch)
+            return DataLoader(cached, self.batch_size, sampler=sampler, collate_fn=cached.collate)
         return self._seeded_loader(self.train_set)
 
     def val_dataloader(self) -> DataLoader:
         if self.cached:
             # Validation of a head on cached inputs is one matrix product per batch: large
             # batches only save per-step overhead (metrics average over images, not batches).
-            batch = max(self.batch_size, 1024)
-            return self._loader(self.cached["val"], batch_size=batch, num_workers=0)
+            cached = self.cached["val"]
+            return DataLoader(cached, max(self.batch_size, 1024), collate_fn=cached.collate)
         return self._loader(self.val_set)

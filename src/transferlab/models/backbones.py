@@ -77,6 +77,7 @@ class Backbone:
     net: nn.Module
     head_path: str
     task = "classification"
+    _head_replay: list[nn.Module] | None = None
 
     def stages(self) -> Stages:
         raise NotImplementedError
@@ -105,7 +106,10 @@ class Backbone:
         return captured[0]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        for layer in self.head_replay():
+        # Resolved once: walking the stage map costs more than the head's step itself.
+        if self._head_replay is None:
+            self._head_replay = self.head_replay()
+        for layer in self._head_replay:
             features = layer(features)
         return features
 
@@ -361,6 +365,7 @@ class TorchvisionBackbone(TorchvisionWeights):
         else:
             new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
         self.net.set_submodule(self.head_path, new)
+        self._head_replay = None
 
     def stages(self) -> Stages:
         stages = _body(self.net, self.head_path)

@@ -38,13 +38,15 @@ class ClassificationModule(TransferModule):
     def training_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]
         loss = self.criterion(logits, y)
-        # update(), not __call__: the per-batch values are never logged, and computing them
-        # costs more than a whole step on cached features. Losses average over images.
+        # update(), not __call__, and logged once at epoch end: per-batch values are never
+        # shown, and computing or logging them costs more than a whole step on cached features.
+        # Losses average over images.
         self.train_loss.update(loss.detach(), weight=len(y))
         self.train_acc.update(logits, y)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc}, prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]

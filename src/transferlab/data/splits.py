@@ -21,6 +21,8 @@ Rules:
 
 import csv
 import hashlib
+import json
+import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transferlab.errors import ConfigError, DataError, first_few
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -94,7 +98,7 @@ def assign(pool: list[Item], settings: SplitSettings,
     """train / val / test (test only when there is one) from the training `pool` and the
     `explicit` val and test folders' items, by the rules in this module's docstring."""
     settings.check()
-    explicit = {k: v for k, v in (explicit or {}).items() if v}
+    explicit = dict(explicit or {})  # a folder with no usable image stays: the caller names it
     if "test" in explicit and settings.test_fraction is not None:
         raise ConfigError(
             f"data.test_fraction={settings.test_fraction} but a test folder exists and is the "
@@ -246,21 +250,28 @@ def check_groups_apart(split: dict[str, list[Item]], group_by: str | None) -> No
         )
 
 
-def identical_files(folders: dict[str, list[Path]]) -> None:
-    """Explicit split folders must not share a file: the same file (a link) or the same bytes
-    under two names would be scored on what it was trained on. Names every shared file."""
-    first: dict[str, tuple[str, Path]] = {}
-    shared = []
+def identical_files(folders: dict[str, list[Path]]) -> list[str]:
+    """Explicit split folders must not share a file: one file linked into two folders (symlink or
+    hard link) is an error naming every such file. The same bytes under two names is logged and
+    returned, not refused: small sets hold blank or repeated images on purpose."""
+    first: dict[object, tuple[str, Path]] = {}
+    linked, copies = [], []
     for split, files in folders.items():
         for path in files:
-            digest = hashlib.sha1(path.read_bytes()).hexdigest()
-            if digest in first and first[digest][0] != split:
-                shared.append(f"{path} ({split}) = {first[digest][1]} ({first[digest][0]})")
-            first.setdefault(digest, (split, path))
-    if shared:
-        raise DataError(f"{len(shared)} file(s) are in more than one split folder (same bytes), "
-                        "so the explicit splits overlap; remove them from all but one:\n  "
-                        + first_few(shared))
+            stat = path.stat()
+            for key, found in (((stat.st_dev, stat.st_ino), linked),
+                               (hashlib.sha1(path.read_bytes()).digest(), copies)):
+                if key in first and first[key][0] != split:
+                    found.append(f"{path} ({split}) = {first[key][1]} ({first[key][0]})")
+                first.setdefault(key, (split, path))
+    if linked:
+        raise DataError(f"{len(linked)} file(s) are in more than one split folder (the same file, "
+                        "linked), so the explicit splits overlap; keep each in one:\n  "
+                        + first_few(linked))
+    if copies:
+        log.info("%d file(s) in one split folder have the same bytes as a file in another; "
+                    "scores on them are not held out:\n  %s", len(copies), first_few(copies))
+    return copies
 
 
 def read_groups(manifest: Path, column: str, ids: Iterable[str]) -> dict[str, str]:
@@ -308,3 +319,28 @@ def record(split: dict[str, list[Item]], settings: SplitSettings, root: Path, la
         "counts": class_counts(split),
         "files": {name: [i.key for i in items] for name, items in split.items()},
     }
+
+
+def split_files(found: dict[str, list[Item]], settings: SplitSettings,
+                manifest: Path) -> dict[str, list[Item]]:
+    """The split of a datamodule's `found` items (split folder -> items; `train` is the pool, a
+    single folder counts as train), with groups from `manifest` when `settings.group_by` is set."""
+    if settings.group_by:
+        stems = {i.key: Path(i.key).stem for found_items in found.values() for i in found_items}
+        groups = read_groups(manifest, settings.group_by, sorted(set(stems.values())))
+        found = {s: [Item(i.key, i.label, groups[stems[i.key]]) for i in found_items]
+                 for s, found_items in found.items()}
+    explicit = {s: found[s] for s in ("val", "test") if s in found}
+    return assign(found.get("train", []), settings, explicit)
+
+
+def write_record(path: Path, record: dict) -> None:
+    """split.json; a resumed run must find the split it started with (same files per split)."""
+    if path.is_file():
+        before = json.loads(path.read_text()).get("files")
+        if before != record["files"]:
+            changed = [s for s in SPLITS if (before or {}).get(s) != record["files"].get(s)]
+            raise DataError(f"the split differs from the one in {path} ({', '.join(changed)}): "
+                            "the data or the split settings changed since this run started; "
+                            "start a new run")
+    path.write_text(json.dumps(record, indent=1))

@@ -157,6 +157,13 @@ class SegmentationFolderDataModule(SeededLoaders):
             return
         # Split folders when train/ has them, else one images/ + masks/ folder (the pool).
         folders = (SPLITS if (self.root / "train" / "images").is_dir() else ("",))
+        if not (self.root / folders[0] / "images").is_dir():
+            raise DataError(
+                f"dataset not found: expected {self.root}/train/images/<id>.png and "
+                f"{self.root}/train/masks/<id>{self.mask_suffix}.png (with val/ and test/ beside "
+                f"train/ if you have them), or one folder {self.root}/images + {self.root}/masks. "
+                "Put the data there, or point data.root (or TRANSFERLAB_DATA_DIR) at it."
+            )
         found = {split or "train": self.stem_pairs(split) for split in folders
                  if split in ("", "train") or (self.root / split / "images").is_dir()}
         unpaired = [line for _, lines in found.values() for line in lines]

@@ -158,9 +158,10 @@ def test_split_without_images(image_folder):
         setup(image_folder)
 
 
-def test_missing_split(image_folder):
+def test_missing_val_folder_is_carved_out_of_train(image_folder):
     import shutil
 
     shutil.rmtree(image_folder / "val")
-    with pytest.raises(DataError, match="val/<class>"):
-        setup(image_folder)
+    dm = setup(image_folder, val_fraction=0.5)
+    assert sorted(label for _, label in dm.val_set.samples) == [0, 0, 0, 1, 1, 1]
+    assert {p for p, _ in dm.val_set.samples}.isdisjoint(p for p, _ in dm.train_set.samples)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from transferlab.report import build_report, main
+from transferlab.report import build_report, main, paired
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_CHOICES = {"init": "pretrained", "freeze": "full", "backbone": "resnet18",
@@ -112,7 +112,11 @@ def test_rows_sorted_best_first_with_he_baseline_and_differences(sweep):
     assert table[he]["is_baseline"] == "1" and table[he]["diff_vs_baseline"] == ""
     for name in set(RESULTS) - {he}:
         assert table[name]["is_baseline"] == "0"
-        assert float(table[name]["diff_vs_baseline"]) == pytest.approx(means[name] - means[he])
+        # Paired: over the seeds both rows completed (partial has seeds 0 and 1 only).
+        pairs = list(zip(RESULTS[name], RESULTS[he]))
+        expected = statistics.mean(a[0] - b[0] for a, b in pairs)
+        assert float(table[name]["diff_vs_baseline"]) == pytest.approx(expected)
+        assert int(table[name]["n_pairs"]) == len(pairs)
         assert table[name]["baseline"] == he
 
     md = (sweep / "report.md").read_text()
@@ -320,12 +324,12 @@ def test_no_baseline_without_rows_to_compare(tmp_path, case):
 
     md = (sweep / "report.md").read_text()
     assert "(baseline)" not in md and "Baseline rows" not in md and "Δ" not in md
-    # Header, separator and every row have the same 8 cells, so the table still renders.
+    # Header, separator and every row have the same cells, so the table still renders.
     lines = md.splitlines() + [""]
     start = lines.index(table_header(md))
     table_lines = lines[start:lines.index("", start)]
     assert len(table_lines) == 2 + len(result.rows)
-    assert {line.count("|") for line in table_lines} == {9}
+    assert {line.count("|") for line in table_lines} == {table_header(md).count("|")}
 
     # The CSV keeps its columns, empty.
     table = read_csv(sweep / "report.csv")
@@ -358,25 +362,27 @@ def test_he_rows_are_baselines_when_compared(tmp_path, results, baselines):
             make_job(sweep, num, [*name.split(", "), f"seed={seed}"], summary(best))
             num += 1
     build_report(sweep, plots=False)
-    means = {name: sum(bests) / len(bests) for name, bests in results.items()}
     he_rows = set(baselines.values())
 
     table = read_csv(sweep / "report.csv")
     md = (sweep / "report.md").read_text()
-    assert "Δ vs He" in table_header(md) and "Baseline rows use He init" in md
+    header = [c.strip() for c in table_header(md).split("|")[1:-1]]
+    assert "Δ vs init=he" in header and "Baseline rows have `init=he`" in md
+    delta = header.index("Δ vs init=he")
     for name, row in table.items():
         assert row["is_baseline"] == ("1" if name in he_rows else "0")
         line = next(l for l in md.splitlines() if l.startswith(f"| {name} "))
         cells = [c.strip() for c in line.split("|")[1:-1]]
         if name in he_rows:
             assert cells[0] == f"{name} **(baseline)**"
-            assert cells[3] == row["diff_vs_baseline"] == ""
+            assert cells[delta] == row["diff_vs_baseline"] == ""
         else:
             base = baselines[name]
-            expected = means[name] - means[base]
+            # the mean paired difference over the seeds both rows have
+            expected = statistics.mean(a - b for a, b in zip(results[name], results[base]))
             assert row["baseline"] == base
             assert float(row["diff_vs_baseline"]) == pytest.approx(expected)
-            assert cells[0] == name and cells[3] == f"{expected:+.4f}"
+            assert cells[0] == name and cells[delta] == f"{expected:+.4f}"
 
 
 def test_he_row_nobody_is_compared_with_is_not_a_baseline(tmp_path):
@@ -427,3 +433,92 @@ def test_pngs_are_valid_for_overlapping_rows(tmp_path, case):
     for name in ("curves.png", "best.png", "tradeoff.png"):
         assert sweep / name in result.files
         assert is_png(sweep / name), name
+
+
+def test_paired_difference_against_a_hand_computed_case():
+    # diffs 0.1, 0.2, 0.3: mean 0.2, sd 0.1, se 0.1/sqrt(3) = 0.057735, t = 3.4641 on 2 df.
+    # 95 % half-width: t(0.975, 2) = 4.302653 (table value) x se = 0.248414.
+    # p: with 2 df the t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so p = 1 - t / sqrt(2 + t^2)
+    #    = 1 - 3.4641 / sqrt(14) = 0.074180.
+    pair = paired([0.1, 0.2, 0.3])
+    assert (pair.n, pair.mean) == (3, pytest.approx(0.2))
+    assert (pair.low, pair.high) == (pytest.approx(-0.048414, abs=1e-6), pytest.approx(0.448414, abs=1e-6))
+    assert pair.p == pytest.approx(0.074180, abs=1e-6)
+    assert pair.verdict("max") == "not distinguishable at this n"
+    assert paired([0.10, 0.12, 0.11, 0.13]).verdict("max") == "better"
+    assert paired([0.10, 0.12, 0.11, 0.13]).verdict("min") == "worse"  # e.g. a loss went up
+    assert paired([0.2]).low is None and paired([0.2]).verdict("max").endswith("at this n")
+
+
+def with_test(data: dict, value: float, metric: str = "test/acc") -> dict:
+    return data | {"test": {"checkpoint": "best-epoch001.ckpt", "epoch": 1,
+                            "metrics": {metric: value}}}
+
+
+def fold_sweep(sweep: Path, results: dict[str, list[tuple[float, float, float]]]) -> None:
+    """configuration -> per fold (best val, last val, test)."""
+    num = 0
+    for name, folds in results.items():
+        for fold, (best, last, test) in enumerate(folds):
+            data = with_test(summary(best, curve=(best - 0.1, best, last)), test)
+            make_job(sweep, num, [*name.split(", "), "data.folds=3", f"data.fold={fold}"], data)
+            num += 1
+
+
+def test_folds_are_replicates_and_rows_are_compared_on_test(tmp_path):
+    sweep = tmp_path / "sweep"
+    fold_sweep(sweep, {
+        "init=he": [(0.80, 0.70, 0.60), (0.82, 0.75, 0.62), (0.78, 0.74, 0.61)],
+        "init=pretrained": [(0.81, 0.80, 0.71), (0.83, 0.80, 0.74), (0.80, 0.79, 0.72)],
+    })
+    result = build_report(sweep)
+    assert result.common == {"data.folds": "3"}
+    rows = {r.configuration: r for r in result.rows}
+    assert [r.configuration for r in result.rows] == ["init=pretrained", "init=he"]
+    assert len(rows["init=he"].ok_jobs) == 3
+    assert rows["init=he"].last_mean == pytest.approx(statistics.mean([0.70, 0.75, 0.74]))
+    assert rows["init=he"].test_mean == pytest.approx(0.61)
+    # Paired on test, fold by fold: 0.11, 0.12, 0.11.
+    assert rows["init=pretrained"].vs_baseline.mean == pytest.approx(0.34 / 3)
+    assert rows["init=pretrained"].vs_baseline.verdict("max") == "better"
+
+    md = result.markdown
+    header = [c.strip() for c in table_header(md).split("|")[1:-1]]
+    assert header[:5] == ["configuration", "n", "best val/acc (mean ± std)", "last val/acc",
+                          "test/acc (selected checkpoint)"]
+    line = next(l for l in md.splitlines() if l.startswith("| init=pretrained "))
+    cells = dict(zip(header, (c.strip() for c in line.split("|")[1:-1])))
+    assert cells["test/acc (selected checkpoint)"] == "0.7233 ± 0.0153" and cells["verdict"] == "better"
+    assert cells["Δ vs init=he"] == "+0.1133" and cells["95% CI"].startswith("[+0.09")
+    assert "compared on test/acc" in md
+    assert "**Winner: init=pretrained** on test/acc" in md
+    table = read_csv(sweep / "report.csv")
+    assert float(table["init=pretrained"]["diff_p_value"]) < 0.01
+
+
+def test_top_rows_whose_interval_includes_zero_are_tied(tmp_path):
+    sweep = tmp_path / "sweep"
+    fold_sweep(sweep, {
+        "freeze=full": [(0.8, 0.8, 0.70), (0.8, 0.8, 0.60), (0.8, 0.8, 0.75)],
+        "freeze=partial": [(0.8, 0.8, 0.65), (0.8, 0.8, 0.68), (0.8, 0.8, 0.66)],
+        "freeze=feature_extraction": [(0.5, 0.5, 0.40), (0.5, 0.5, 0.41), (0.5, 0.5, 0.42)],
+    })
+    md = build_report(sweep, plots=False).markdown
+    assert "Winner" not in md
+    tied = next(l for l in md.splitlines() if l.startswith("**Tied at this n**"))
+    assert "freeze=full, freeze=partial." in tied and "feature_extraction" not in tied.split(".")[0]
+
+
+def test_baseline_is_chosen_on_the_command_line(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for num, (name, best) in enumerate({"freeze=full": 0.8, "freeze=partial": 0.7,
+                                        "freeze=feature_extraction": 0.6}.items()):
+        for seed in range(2):
+            make_job(sweep, 2 * num + seed, [name, f"seed={seed}"], summary(best + seed / 100))
+    assert main([str(sweep), "--baseline", "freeze=feature_extraction"]) == 0
+    table = read_csv(sweep / "report.csv")
+    assert table["freeze=feature_extraction"]["is_baseline"] == "1"
+    assert float(table["freeze=full"]["diff_vs_baseline"]) == pytest.approx(0.2)
+    assert "Δ vs freeze=feature_extraction" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(sweep), "--baseline", "init"])

@@ -88,7 +88,9 @@ def encode(
                 # NHWC input makes every conv take oneDNN's/cuDNN's NHWC kernels: ~1.3x on a
                 # CPU, same values up to float rounding.
                 f = backbone.forward_features(x.to(device, memory_format=torch.channels_last))
-            features.append(f.float().cpu())
+            # Stored in the standard layout: a channels_last feature map (SqueezeNet's) would
+            # send the head's convs down other kernels than in training on images.
+            features.append(f.float().cpu().contiguous())
             labels.append(torch.as_tensor(y))
         views.append(torch.cat(features))
     return torch.stack(views), torch.cat(labels)

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.callbacks import EpochSeed, RunSummary
 from transferlab.console import quiet_libraries
 from transferlab.data.images import write_bad_files
+from transferlab.data.splits import write_record
 from transferlab.errors import BadFilesError, ConfigError
+from transferlab.summary import update_summary
 
 log = logging.getLogger("transferlab")
 
@@ -136,5 +138,28 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float 
     callbacks += [summary, EpochSeed(cfg.seed)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        write_record(run_dir / "split.json", datamodule.split_record)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if datamodule.test_set is not None:
+        test_selected(trainer, model, datamodule, summary)
     return summary.best
+
+
+def test_selected(trainer: L.Trainer, model, datamodule, summary: RunSummary) -> None:
+    """Test once, after fit, the checkpoint that validation chose (not the last one): training
+    and checkpoint selection are over before any test image is read."""
+    checkpoint = summary.best_checkpoint(trainer)
+    if checkpoint is None:
+        log.warning("no checkpoint follows %s, so the test split is not scored", summary.monitor)
+        update_summary(summary.path, test={"error": f"no checkpoint follows {summary.monitor}"})
+        return
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        update_summary(summary.path, test={
+            "checkpoint": checkpoint, "epoch": summary.best_epoch, "n_images": len(datamodule.test_set),
+            "metrics": metrics,
+        })
+    log.info("test at the selected checkpoint (epoch %s, %s): %s", summary.best_epoch,
+             Path(checkpoint).name, ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))

@@ -1,8 +1,15 @@
 """`transferlab-report`: one table and three plots for a Hydra multirun sweep of transferlab-train.
 
 Every job of the sweep is read from its `.hydra/` files and `summary.json`; jobs that differ only
-in `seed` form one configuration. Jobs that failed, never finished or never started are listed,
-not dropped, so a half-broken sweep still gives an honest report.
+in `seed` and `data.fold` (its replicate) form one configuration. Jobs that failed, never finished
+or never started are listed, not dropped, so a half-broken sweep still gives an honest report.
+
+Per configuration: the monitor at its best epoch (optimistic: that epoch was picked on the same
+data), at the last epoch, and on test at the selected checkpoint when the runs have a test split.
+Rows are compared on test when every run has it, else on the best epoch's monitor: each row with
+its baseline row (default: He init, the same other settings) by the mean paired difference over
+the replicates both have, with a 95 % t-interval and a paired t-test, and the top row with every
+other row the same way, so a winner is named only when no interval reaches it.
 """
 
 from __future__ import annotations
@@ -15,16 +22,20 @@ import sys
 import textwrap
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 SWEEPS_ROOT = Path("outputs/multirun")
-BASELINE = ("init", "he")
+BASELINE = ("init", "he")  # --baseline KEY=VALUE changes it
+REPLICATE_KEYS = ("seed", "data.fold")  # jobs differing only in these repeat one configuration
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -36,10 +47,70 @@ class Job:
     summary: dict
     configuration: str = ""  # named once all jobs are known, see read_jobs
     init: str | None = None  # the init choice, overridden or Hydra's default; None: unknown
+    choices: dict[str, str] = field(default_factory=dict)  # Hydra's group choices
+    replicate: tuple = ()  # (seed, fold) as overridden: pairs it with other rows' jobs
 
     @property
     def ok(self) -> bool:
         return self.status == "completed" and self.error is None
+
+    def value(self, kind: str, monitor: str) -> float | None:
+        """`best`: the monitor at the best epoch; `last`: at the last epoch; `test`: the monitor's
+        test metric (val/acc -> test/acc) at the selected checkpoint."""
+        if kind == "best":
+            return _number(self.summary.get("best"))
+        if kind == "last":
+            history = [h for h in self.summary.get("history") or [] if monitor in h]
+            return _number(history[-1][monitor]) if history else None
+        metrics = (self.summary.get("test") or {}).get("metrics") or {}
+        return _number(metrics.get(test_metric(monitor)))
+
+
+def test_metric(monitor: str) -> str:
+    return "test/" + monitor.split("/", 1)[-1]
+
+
+@dataclass
+class Paired:
+    """A mean paired difference over n replicates, its 95 % t-interval and paired t-test p-value
+    (None below two pairs; a zero spread gives the point as interval and no p-value)."""
+
+    n: int
+    mean: float | None
+    low: float | None = None
+    high: float | None = None
+    p: float | None = None
+
+    def verdict(self, mode: str) -> str:
+        if self.low is None:
+            return "not distinguishable at this n"
+        better = self.low > 0 if mode == "max" else self.high < 0
+        worse = self.high < 0 if mode == "max" else self.low > 0
+        return "better" if better else "worse" if worse else "not distinguishable at this n"
+
+
+def paired(diffs: list[float]) -> Paired:
+    n = len(diffs)
+    if n == 0:
+        return Paired(0, None)
+    mean = float(np.mean(diffs))
+    if n < 2:
+        return Paired(n, mean)
+    se = float(np.std(diffs, ddof=1)) / math.sqrt(n)
+    if se == 0:
+        return Paired(n, mean, mean, mean)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(mean / se), n - 1))
+    return Paired(n, mean, mean - half, mean + half, p)
+
+
+def paired_difference(a: list[Job], b: list[Job], kind: str, monitor: str) -> Paired:
+    """a minus b over the replicates (seed, fold) both completed with a value."""
+    b_by = {j.replicate: j.value(kind, monitor) for j in b if j.ok}
+    diffs = [va - b_by[j.replicate] for j in a if j.ok
+             for va in [j.value(kind, monitor)]
+             if va is not None and b_by.get(j.replicate) is not None]
+    return paired(diffs)
 
 
 @dataclass
@@ -56,9 +127,25 @@ class Row:
     params_total: int | None = None
     peak_memory: dict[str, float] = field(default_factory=dict)
     init: str | None = None
-    is_baseline: bool = False  # some other row is compared with this (He) row
-    baseline: str | None = None  # the He row this row is compared with
-    diff: float | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+    last_mean: float | None = None
+    last_std: float | None = None
+    test_mean: float | None = None
+    test_std: float | None = None
+    is_baseline: bool = False  # some other row is compared with this row
+    baseline: str | None = None  # the baseline row this row is compared with
+    diff: float | None = None  # mean paired difference to the baseline (compared metric)
+    vs_baseline: Paired | None = None
+    vs_top: Paired | None = None  # the top row minus this row, paired
+
+    def values(self, kind: str, monitor: str) -> list[float]:
+        found = (j.value(kind, monitor) for j in self.ok_jobs)
+        return [v for v in found if v is not None]
+
+    def setting(self, key: str) -> str | None:
+        """The row's value of `key`: an override, else the group choice (init=he by default)."""
+        value = self.settings.get(key, self.choices.get(key))
+        return None if value is None else str(value)
 
     @property
     def ok_jobs(self) -> list[Job]:
@@ -122,10 +209,12 @@ def _choices(path: Path) -> dict:
 
 def read_job(path: Path) -> Job:
     overrides = _yaml(path / ".hydra/overrides.yaml") or []
-    settings = {}
+    settings, replicate = {}, dict.fromkeys(REPLICATE_KEYS)
     for item in overrides:
         key, _, value = str(item).partition("=")
-        if key.lstrip("+~") != "seed":
+        if key.lstrip("+~") in REPLICATE_KEYS:
+            replicate[key.lstrip("+~")] = value
+        else:
             settings[key] = value
     choices = _choices(path)
     if not settings:
@@ -133,14 +222,16 @@ def read_job(path: Path) -> Job:
         settings = {k: str(choices[k]) for k in ("init", "freeze", "backbone") if k in choices}
     init = settings.get("init", choices.get("init"))
     init = None if init is None else str(init)
+    job_args = {"init": init, "choices": {k: str(v) for k, v in choices.items()},
+                "replicate": tuple(replicate.values())}
 
     summary_path = path / "summary.json"
     if not summary_path.is_file():
-        return Job(path, settings, "missing", "no summary.json (job never started)", {}, init=init)
+        return Job(path, settings, "missing", "no summary.json (job never started)", {}, **job_args)
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError) as err:
-        return Job(path, settings, "unreadable", f"summary.json: {err}", {}, init=init)
+        return Job(path, settings, "unreadable", f"summary.json: {err}", {}, **job_args)
     status, error = str(summary.get("status")), summary.get("error")
     if status == "running":
         # Nothing is left running when the report is made, so a `running` job was killed.
@@ -148,7 +239,7 @@ def read_job(path: Path) -> Job:
         error = error or f"stopped after {summary.get('epochs_completed', 0)} epoch(s)"
     elif status == "completed" and _number(summary.get("best")) is None:
         error = error or f"no value of {summary.get('monitor') or 'the monitor'} was recorded"
-    return Job(path, settings, status, error, summary, init=init)
+    return Job(path, settings, status, error, summary, **job_args)
 
 
 def _name(settings: dict[str, str]) -> str:
@@ -174,18 +265,24 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarise(jobs: list[Job]) -> list[Row]:
+def _spread(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (None for fewer than two values)."""
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def summarise(jobs: list[Job], monitor: str) -> list[Row]:
     groups: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         groups[job.configuration].append(job)
     rows = []
     for name, group in groups.items():
-        row = Row(name, group[0].settings, group, init=group[0].init)
+        row = Row(name, group[0].settings, group, init=group[0].init, choices=group[0].choices)
         ok = row.ok_jobs
-        bests = [float(j.summary["best"]) for j in ok]
-        if bests:
-            row.best_mean = float(np.mean(bests))
-            row.best_std = float(np.std(bests, ddof=1)) if len(bests) > 1 else None
+        row.best_mean, row.best_std = _spread(row.values("best", monitor))
+        row.last_mean, row.last_std = _spread(row.values("last", monitor))
+        row.test_mean, row.test_std = _spread(row.values("test", monitor))
         row.best_epoch_mean = _mean(_number(j.summary.get("best_epoch")) for j in ok)
         row.time_per_epoch_s = _mean(_number(j.summary.get("time_per_epoch_s")) for j in ok)
         row.time_total_s = _mean(_number(j.summary.get("time_total_s")) for j in ok)
@@ -201,33 +298,79 @@ def summarise(jobs: list[Job]) -> list[Row]:
     return rows
 
 
-def sort_rows(rows: list[Row], mode: str) -> list[Row]:
+def compared_kind(rows: list[Row], monitor: str) -> str:
+    """What rows are ranked and compared on: test at the selected checkpoint when every completed
+    run has it (held out from selection), else the monitor at the best epoch."""
+    ok = [j for r in rows for j in r.ok_jobs]
+    return "test" if ok and all(j.value("test", monitor) is not None for j in ok) else "best"
+
+
+def mean_of(row: Row, kind: str) -> float | None:
+    return {"best": row.best_mean, "last": row.last_mean, "test": row.test_mean}[kind]
+
+
+def sort_rows(rows: list[Row], mode: str, kind: str = "best") -> list[Row]:
     sign = -1 if mode == "max" else 1
     # Rows without a result (every job failed) go last, still in name order.
-    return sorted(
-        rows, key=lambda r: (r.best_mean is None, sign * (r.best_mean or 0), r.configuration)
-    )
+    return sorted(rows, key=lambda r: (mean_of(r, kind) is None, sign * (mean_of(r, kind) or 0),
+                                       r.configuration))
 
 
-def mark_baselines(rows: list[Row]) -> None:
-    """Compares every non-He row with a He row; a He row is a baseline only if one is compared
-    with it. A sweep without both (all He, or init never He) has no baselines and no Δ."""
-    key, value = BASELINE
-    he = [r for r in rows if r.init == value]
-    # A row whose init is unknown (damaged .hydra files) might be He itself: leave it out.
-    others = [r for r in rows if r.init is not None and r.init != value]
-    if not he or not others:
+def mark_baselines(rows: list[Row], kind: str = "best", monitor: str = "",
+                   baseline: tuple[str, str] = BASELINE) -> None:
+    """Compares every row whose `baseline` key differs with a row that has the baseline value
+    (default init=he); such a row is a baseline only if one is compared with it. A sweep without
+    both kinds of row has no baselines and no Δ."""
+    key, value = baseline
+    bases = [r for r in rows if r.setting(key) == value]
+    # A row whose value is unknown (damaged .hydra files) might be a baseline itself: leave it out.
+    others = [r for r in rows if r.setting(key) is not None and r.setting(key) != value]
+    if not bases or not others:
         return
-    # With several He rows, compare against the one with results that shares most of the
-    # other settings; max keeps the first, i.e. best-ranked, of equally close ones.
-    candidates = [b for b in he if b.best_mean is not None] or he
+    # With several baseline rows, compare against the one with results that shares most of the
+    # other settings (He init with the same freeze strategy); max keeps the first, i.e.
+    # best-ranked, of equally close ones.
+    candidates = [b for b in bases if mean_of(b, kind) is not None] or bases
     for row in others:
         base = max(candidates, key=lambda b: sum(
             b.settings.get(k) == v for k, v in row.settings.items() if k != key))
         base.is_baseline = True
         row.baseline = base.configuration
-        if row.best_mean is not None and base.best_mean is not None:
-            row.diff = row.best_mean - base.best_mean
+        row.vs_baseline = paired_difference(row.jobs, base.jobs, kind, monitor)
+        row.diff = row.vs_baseline.mean
+
+
+def compare_with_top(rows: list[Row], kind: str, monitor: str, mode: str) -> str:
+    """The sentence under the table: the top row is named the winner only when its paired
+    interval against every other row excludes zero in its favour; else the rows it cannot be told
+    from are named as tied at this n."""
+    done = [r for r in rows if mean_of(r, kind) is not None]
+    if len(done) < 2:
+        return ""
+    top = done[0]
+    tied = []
+    for row in done[1:]:
+        row.vs_top = paired_difference(top.jobs, row.jobs, kind, monitor)
+        if row.vs_top.verdict(mode) != "better":
+            tied.append(row)
+    what = test_metric(monitor) if kind == "test" else f"best {monitor}"
+    if not tied:
+        runner = done[1].vs_top
+        return (f"**Winner: {top.configuration}** on {what}: its paired {CONFIDENCE:.0%} interval "
+                f"excludes every other row (vs the runner-up {done[1].configuration}: "
+                f"{runner.mean:+.4f} [{runner.low:+.4f}, {runner.high:+.4f}], n={runner.n}).")
+    names = ", ".join(r.configuration for r in [top, *tied])
+    details = "; ".join(f"{r.configuration}: {_interval(r.vs_top)}" for r in tied)
+    return (f"**Tied at this n** on {what}: {names}. The top row's paired difference to each "
+            f"({CONFIDENCE:.0%} interval) includes zero or has too few matched runs: {details}.")
+
+
+def _interval(pair: Paired | None) -> str:
+    if pair is None or pair.mean is None:
+        return "no matched runs"
+    if pair.low is None:
+        return f"{pair.mean:+.4f}, n={pair.n}: no interval"
+    return f"{pair.mean:+.4f} [{pair.low:+.4f}, {pair.high:+.4f}], n={pair.n}"
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -247,11 +390,16 @@ def _count(n: int | None) -> str:
 def write_csv(rows: list[Row], monitor: str, path: Path) -> None:
     records = []
     for r in rows:
+        pair = r.vs_baseline or Paired(0, None)
         values = {
             "configuration": r.configuration, "is_baseline": int(r.is_baseline),
             "n_seeds": len(r.ok_jobs), "n_failed": r.n_failed, "n_unfinished": r.n_unfinished,
             "monitor": monitor, "best_mean": r.best_mean, "best_std": r.best_std,
-            "diff_vs_baseline": r.diff, "baseline": r.baseline,
+            "last_mean": r.last_mean, "last_std": r.last_std,
+            "test_metric": test_metric(monitor) if r.test_mean is not None else None,
+            "test_mean": r.test_mean, "test_std": r.test_std,
+            "diff_vs_baseline": r.diff, "baseline": r.baseline, "n_pairs": pair.n or None,
+            "diff_ci_low": pair.low, "diff_ci_high": pair.high, "diff_p_value": pair.p,
             "best_epoch_mean": r.best_epoch_mean, "time_per_epoch_s": r.time_per_epoch_s,
             "time_total_s": r.time_total_s, "params_trainable": r.params_trainable,
             "params_total": r.params_total, "peak_cpu_rss_mb": r.peak_memory.get("cpu_rss_mb"),
@@ -264,41 +412,66 @@ def write_csv(rows: list[Row], monitor: str, path: Path) -> None:
         writer.writerows(records)
 
 
+def _spread_cell(mean: float | None, std: float | None) -> str:
+    return _fmt(mean) + (f" ± {std:.4f}" if std is not None else "")
+
+
 def to_markdown(sweep_dir: Path, rows: list[Row], problems: list[Job], monitor: str, mode: str,
-                notes: list[str]) -> str:
+                notes: list[str], kind: str = "best", verdict: str = "",
+                baseline: tuple[str, str] = BASELINE) -> str:
     n_jobs = sum(len(r.jobs) for r in rows)
     direction = "higher" if mode == "max" else "lower"
-    # Δ only means something when some row is compared with a He row (see mark_baselines).
+    # Δ only means something when some row is compared with a baseline row (see mark_baselines).
     compared = any(r.baseline is not None for r in rows)
+    tested = any(r.test_mean is not None for r in rows)
+    what = test_metric(monitor) if kind == "test" else f"best {monitor}"
+    key, value = baseline
     lines = [
         f"# Sweep report: {sweep_dir}", "",
         f"Monitor `{monitor}` ({direction} is better). {n_jobs} jobs, "
         f"{n_jobs - len(problems)} completed, {len(problems)} failed or unfinished.",
-        "n counts completed seeds." + (
-            " Baseline rows use He init (`init=he`); Δ is a row's mean best minus its baseline's."
-            if compared else ""),
+        "n counts completed runs (seeds and folds). Best is the monitor at the epoch it picked, so "
+        "it flatters every row; last is the final epoch"
+        + ("; test is the held-out split at the checkpoint val picked." if tested else ".")
+        + f" Rows are ranked and compared on {what}.",
+        *([f"Baseline rows have `{key}={value}`; Δ is a row's mean paired difference to its "
+           f"baseline over the replicates both completed, with its {CONFIDENCE:.0%} t-interval "
+           "and paired t-test p."] if compared else []),
         *notes, "",
-        f"| configuration | n | best {monitor} (mean ± std) |"
-        + (" Δ vs He |" if compared else "")
-        + " best epoch | s/epoch | total s | params trainable / total | peak memory MB |",
-        "|---|---:|---:|" + ("---:|" if compared else "") + "---:|---:|---:|---:|---|",
     ]
+    header = ["configuration", "n", f"best {monitor} (mean ± std)", f"last {monitor}"]
+    align = ["---", "---:", "---:", "---:"]
+    if tested:
+        header.append(f"{test_metric(monitor)} (selected checkpoint)")
+        align.append("---:")
+    if compared:
+        header += [f"Δ vs {key}={value}", f"{CONFIDENCE:.0%} CI", "p", "verdict"]
+        align += ["---:", "---:", "---:", "---"]
+    header += ["best epoch", "s/epoch", "total s", "params trainable / total", "peak memory MB"]
+    align += ["---:", "---:", "---:", "---:", "---"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         name = _cell(r.configuration) + (" **(baseline)**" if r.is_baseline else "")
-        best = _fmt(r.best_mean) + (f" ± {r.best_std:.4f}" if r.best_std is not None else "")
         params = (
             f"{_count(r.params_trainable)} / {_count(r.params_total)}" if r.params_total else ""
         )
         memory = ", ".join(f"{k.removesuffix('_mb').removesuffix('_rss')} {v:.0f}"
                            for k, v in sorted(r.peak_memory.items()))
         n = len(r.ok_jobs)
-        seeds = str(n) if n == len(r.jobs) else f"{n} of {len(r.jobs)}"
-        diff = f" {_fmt(r.diff, '+.4f')} |" if compared else ""
-        lines.append(
-            f"| {name} | {seeds} | {best} |{diff} "
-            f"{_fmt(r.best_epoch_mean, '.1f')} | {_fmt(r.time_per_epoch_s, '.2f')} | "
-            f"{_fmt(r.time_total_s, '.1f')} | {params} | {memory} |"
-        )
+        cells = [name, str(n) if n == len(r.jobs) else f"{n} of {len(r.jobs)}",
+                 _spread_cell(r.best_mean, r.best_std), _spread_cell(r.last_mean, r.last_std)]
+        if tested:
+            cells.append(_spread_cell(r.test_mean, r.test_std))
+        if compared:
+            pair = r.vs_baseline
+            ci = f"[{pair.low:+.4f}, {pair.high:+.4f}]" if pair and pair.low is not None else ""
+            cells += [_fmt(r.diff, "+.4f"), ci, _fmt(pair.p if pair else None, ".3f"),
+                      pair.verdict(mode) if pair and pair.mean is not None else ""]
+        cells += [_fmt(r.best_epoch_mean, ".1f"), _fmt(r.time_per_epoch_s, ".2f"),
+                  _fmt(r.time_total_s, ".1f"), params, memory]
+        lines.append("| " + " | ".join(cells) + " |")
+    if verdict:
+        lines += ["", verdict]
     if problems:
         lines += ["", "## Failed or unfinished jobs", "",
                   "| job | configuration | status | error |", "|---|---|---|---|"]
@@ -380,21 +553,33 @@ def plot_curves(rows: list[Row], monitor: str, path: Path) -> None:
     _save(fig, path, drawn)
 
 
-def plot_best(rows: list[Row], monitor: str, path: Path) -> None:
-    done = [r for r in rows if r.best_mean is not None]
+def plot_best(rows: list[Row], monitor: str, path: Path, kind: str = "best") -> None:
+    """The compared metric per configuration: a bar at the mean and every run as a point, so a
+    reader sees how far the seeds (folds) spread, not only a mean."""
+    done = [r for r in rows if mean_of(r, kind) is not None]
     labels = [_label(r.configuration, 50) for r in done]
     # Room for every line of the wrapped names, so long ones do not run into each other.
     n_lines = sum(label.count("\n") + 1 for label in labels)
     fig = Figure(figsize=(9, 1.5 + 0.3 * max(len(done), 1) + 0.15 * n_lines))
     ax = fig.add_subplot()
     y = np.arange(len(done))
-    ax.barh(y, [r.best_mean for r in done], xerr=[r.best_std or 0 for r in done], capsize=3,
+    ax.barh(y, [mean_of(r, kind) for r in done], height=0.6, alpha=0.35,
             color=["tab:orange" if r.is_baseline else "tab:blue" for r in done])
+    for i, r in enumerate(done):
+        values = r.values(kind, monitor)
+        # Spread vertically inside the bar so equal values stay countable.
+        offsets = np.linspace(-0.2, 0.2, len(values)) if len(values) > 1 else [0.0]
+        ax.plot(values, i + np.asarray(offsets), "o", color="black", markersize=5,
+                label="one run (seed / fold)" if i == 0 else None)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()  # best row on top, as in the table
     ax.grid(axis="x", alpha=0.3)
-    key = "; orange: He baseline" if any(r.is_baseline for r in done) else ""
-    ax.set(xlabel=f"best {monitor} (mean ± std{key})", title="best per configuration")
+    what = f"{test_metric(monitor)} at the selected checkpoint" if kind == "test" \
+        else f"best {monitor}"
+    key = "; orange: baseline" if any(r.is_baseline for r in done) else ""
+    ax.set(xlabel=f"{what} (bar: mean; dots: runs{key})", title="per configuration")
+    if done:
+        ax.legend(fontsize=7, loc="lower right")
     _save(fig, path, bool(done))
 
 
@@ -418,7 +603,8 @@ def plot_tradeoff(rows: list[Row], monitor: str, path: Path) -> None:
     _save(fig, path, drawn)
 
 
-def build_report(sweep_dir: Path, plots: bool = True) -> ReportResult:
+def build_report(sweep_dir: Path, plots: bool = True,
+                 baseline: tuple[str, str] = BASELINE) -> ReportResult:
     """Reads the sweep, writes report.csv, report.md and (unless plots=False) the PNGs into it."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -433,17 +619,21 @@ def build_report(sweep_dir: Path, plots: bool = True) -> ReportResult:
     monitor = monitors.most_common(1)[0][0]
     mode = monitor_mode(jobs, monitor)
 
-    rows = sort_rows(summarise(jobs), mode)
-    mark_baselines(rows)
+    rows = summarise(jobs, monitor)
+    kind = compared_kind(rows, monitor)
+    rows = sort_rows(rows, mode, kind)
+    mark_baselines(rows, kind, monitor, baseline)
+    verdict = compare_with_top(rows, kind, monitor, mode)
     problems = [j for j in jobs if not j.ok]
     notes = [f"Common to all jobs: `{_name(common)}`."] if common else []
     if len(monitors) > 1:
         notes.append(f"**Warning:** the jobs monitor different metrics {dict(monitors)}; "
                      f"their `best` values are not comparable.")
-    markdown = to_markdown(sweep_dir, rows, problems, monitor, mode, notes)
+    markdown = to_markdown(sweep_dir, rows, problems, monitor, mode, notes, kind, verdict, baseline)
 
     files = [sweep_dir / "report.csv", sweep_dir / "report.md"]
-    plot_fns = {"curves.png": plot_curves, "best.png": plot_best, "tradeoff.png": plot_tradeoff}
+    plot_fns = {"curves.png": plot_curves, "best.png": partial(plot_best, kind=kind),
+                "tradeoff.png": plot_tradeoff}
     if plots:
         for name, plot in plot_fns.items():
             plot(rows, monitor, sweep_dir / name)
@@ -461,9 +651,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", nargs="?", type=Path,
                         help=f"sweep folder (default: the latest under {SWEEPS_ROOT}/)")
+    parser.add_argument("--baseline", default="=".join(BASELINE), metavar="KEY=VALUE",
+                        help="the rows others are compared with, e.g. init=he (default) or "
+                             "freeze=full; each row gets the closest one")
     args = parser.parse_args(argv)
+    key, sep, value = args.baseline.partition("=")
+    if not (key and sep and value):
+        parser.error(f"--baseline={args.baseline}: expected KEY=VALUE, e.g. init=he")
     try:
-        result = build_report(args.sweep_dir or latest_sweep())
+        result = build_report(args.sweep_dir or latest_sweep(), baseline=(key, value))
     except FileNotFoundError as err:
         print(f"transferlab-report: {err}", file=sys.stderr)
         return 2

@@ -114,6 +114,10 @@ def outcome(run_dir: Path, seconds: float, reason: str | None) -> str:
         lines.append(("best", f"{monitor} {best:.4f} at epoch {summary.get('best_epoch')}"))
     if summary.get("best_checkpoint"):
         lines.append(("checkpoint", shown(Path(summary["best_checkpoint"]))))
+    tested = (summary.get("test") or {}).get("metrics") or {}
+    test_metric = str(monitor).replace("val/", "test/", 1)
+    if test_metric in tested:
+        lines.append(("test", f"{test_metric} {tested[test_metric]:.4f} at that checkpoint"))
     lines.append(("time", f"{seconds:.0f} s, {summary.get('epochs_completed', 0)} epoch(s)"))
     if (run_dir / "tensorboard").is_dir():
         lines.append(("view", f"tensorboard --logdir {shown(run_dir)}"))

@@ -1,4 +1,6 @@
-"""ImageFolder-layout data (`root/{train,val}/<class>/*`) as a LightningDataModule."""
+"""ImageFolder-layout data as a LightningDataModule: `root/train/<class>/*` with `val/` and
+`test/` when present, or one folder `root/<class>/*` (with `root/test/<class>/*` when present);
+what has no folder is split off by `transferlab.data.splits`."""
 
 import logging
 from pathlib import Path
@@ -10,6 +12,7 @@ from torchvision.transforms import v2
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import EpochShuffle, SeededLoaders
+from transferlab.data.splits import Item, SplitSettings, identical_files
 from transferlab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,12 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+SPLIT_FOLDERS = ("train", "val", "test")  # never class names: in one folder, test/ is the test split
+
+
 class ImageFolderDataModule(SeededLoaders):
-    """Train/val ImageFolder splits sharing one class map, taken from train.
+    """Train/val(/test) ImageFolder splits sharing one class map, taken from train (or from the
+    single folder's class folders).
 
     Files are checked once at setup, before any training step (see `transferlab.data.images`
     for the bad-file policy).
@@ -78,75 +85,122 @@ class ImageFolderDataModule(SeededLoaders):
         download_md5: str | None = None,
         pin_memory: bool = False,
         seed: int = 0,
+        val_fraction: float | None = 0.2,
+        test_fraction: float | None = None,
+        split_seed: int = 0,
+        folds: int | None = None,
+        fold: int | None = None,
+        group_by: str | None = None,
+        manifest: str | None = None,
     ):
+        split = SplitSettings(val_fraction, test_fraction, split_seed, folds, fold, group_by)
         super().__init__(
             root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
-            pin_memory, seed,
+            pin_memory, seed, split, manifest,
         )
         self.task = "classification"
         self.download_url = download_url
         self.download_md5 = download_md5
         self.classes: list[str] = []
+        self.class_dir = self.root / "train"  # where the class map comes from: train/ or root
         self.cached: dict[str, Dataset] | None = None
 
     def prepare_data(self) -> None:
-        ensure_dataset(self.root, self.download_url, self.download_md5, splits=("train", "val"))
+        if not self.root.exists():  # only a missing root is downloaded; a single folder is fine
+            ensure_dataset(self.root, self.download_url, self.download_md5, splits=("train", "val"))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        ensure_dataset(self.root, None, None, splits=("train", "val"))
-        self.classes = class_folders(self.root / "train")
-        if not self.classes:
-            raise DataError(f"{self.root / 'train'} has no class folders (expected train/<class>/*)")
-        found = {split: self.image_files(split) for split in ("train", "val")}
-        # One decoding pass over both splits, so one run reports every bad file.
+        if not self.root.exists():
+            ensure_dataset(self.root, None, None, splits=("train", "val"))
+        found = self.find_files()
+        # One decoding pass over every split, so one run reports every bad file.
         every_file = [p for by_class in found.values() for files in by_class.values() for p in files]
         self.bad_files = find_bad_files(every_file, self.on_bad_file)
         bad = {p for p, _ in self.bad_files}
-        train = self._samples("train", found["train"], bad)
-        val = self._samples("val", found["val"], bad)
+        found = {split: {cls: [p for p in files if p not in bad] for cls, files in by_class.items()}
+                 for split, by_class in found.items()}
+        for cls, files in found["train"].items():
+            if not files:
+                raise DataError(f"class folder {self.class_dir / cls} has no usable images")
+        if len(found) > 1:
+            identical_files({split: [p for files in by_class.values() for p in files]
+                             for split, by_class in found.items()})
+        split = self.make_split({
+            name: [Item(p.relative_to(self.root).as_posix(), cls) for cls, files in by_class.items()
+                   for p in files]
+            for name, by_class in found.items()
+        }, "split folders" if self.class_dir != self.root else "one folder")
+        samples = {name: self._samples(name, items) for name, items in split.items()}
         make_train = train_transform if self.augment else eval_transform
-        self.train_set = LabelledImages(train, make_train(self.image_size, self.mean, self.std))
-        self.val_set = LabelledImages(val, eval_transform(self.image_size, self.mean, self.std))
+        fixed = eval_transform(self.image_size, self.mean, self.std)
+        self.train_set = LabelledImages(samples["train"], make_train(self.image_size, self.mean, self.std))
+        self.val_set = LabelledImages(samples["val"], fixed)
+        if "test" in samples:
+            self.test_set = LabelledImages(samples["test"], fixed)
         log.info(
-            "data %s: %d classes %s, %d train / %d val images",
-            self.root, len(self.classes), self.classes, len(train), len(val),
+            "data %s: %d classes %s, %s images",
+            self.root, len(self.classes), self.classes,
+            " / ".join(f"{len(s)} {name}" for name, s in samples.items()),
         )
+
+    def find_files(self) -> dict[str, dict[str, list[Path]]]:
+        """Split folder (`train` for a single folder) -> class -> image files; sets the class map."""
+        self.class_dir = self.root / "train" if (self.root / "train").is_dir() else self.root
+        self.classes = [c for c in class_folders(self.class_dir) if c not in SPLIT_FOLDERS]
+        if not self.classes:
+            raise DataError(
+                f"dataset not found: {self.root} has no class folders; expected "
+                f"{self.root}/<class>/<image> (one folder, split by data.val_fraction) or "
+                f"{self.root}/train/<class>/<image> with val/ (and test/) beside it"
+            )
+        if self.class_dir == self.root:
+            found = {"train": self.files_in(self.root, skip=SPLIT_FOLDERS)}
+            if (self.root / "val").is_dir():
+                raise DataError(f"{self.root} holds class folders and a val/ folder but no "
+                                "train/: put the training classes under train/, or drop val/ and "
+                                "let data.val_fraction split them")
+        else:
+            found = {"train": self.image_files("train")}
+            if (self.root / "val").is_dir():
+                found["val"] = self.image_files("val")
+        if (self.root / "test").is_dir():
+            found["test"] = self.image_files("test")
+        return found
 
     def image_files(self, split: str) -> dict[str, list[Path]]:
         """Class -> the files with an image extension in `split`; other files are ignored."""
-        split_dir = self.root / split
-        extra = [c for c in class_folders(split_dir) if c not in self.classes]
+        return self.files_in(self.root / split)
+
+    def files_in(self, split_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, list[Path]]:
+        extra = [c for c in class_folders(split_dir) if c not in self.classes and c not in skip]
         if extra:
             raise DataError(
-                f"class folder(s) {extra} in {split_dir} do not exist in {self.root / 'train'}; "
-                f"the class map comes from train: {self.classes}"
+                f"class folder(s) {extra} in {split_dir} do not exist in {self.class_dir}; "
+                f"the class map comes from there: {self.classes}"
             )
         by_class, ignored = {}, []
         for cls in class_folders(split_dir):
+            if cls in skip:
+                continue
             files = sorted(p for p in (split_dir / cls).rglob("*") if p.is_file())
             by_class[cls] = [p for p in files if is_image_name(p)]
             ignored += [p for p in files if not is_image_name(p) and not p.name.startswith(".")]
         if ignored:
             log.info(
                 "%s: ignored %d file(s) without an image extension: %s",
-                split, len(ignored), ", ".join(str(p.relative_to(self.root)) for p in ignored[:10]),
+                split_dir, len(ignored),
+                ", ".join(str(p.relative_to(self.root)) for p in ignored[:10]),
             )
         return by_class
 
-    def _samples(
-        self, split: str, by_class: dict[str, list[Path]], bad: set[Path]
-    ) -> list[tuple[Path, int]]:
-        samples = []
-        for cls, files in by_class.items():
-            images = [p for p in files if p not in bad]
-            if not images and split == "train":
-                raise DataError(f"class folder {self.root / split / cls} has no usable images")
-            label = self.classes.index(cls)
-            samples += [(p, label) for p in images]
+    def _samples(self, split: str, items: list[Item]) -> list[tuple[Path, int]]:
+        samples = [(self.root / i.key, self.classes.index(i.label)) for i in items]
         if not samples:
-            raise DataError(f"{self.root / split} has no usable images")
+            folder = self.root / split
+            raise DataError(f"{folder if folder.is_dir() else f'the {split} split of {self.root}'} "
+                            "has no usable images")
         return samples
 
     def feature_sources(self, augmented: bool) -> dict[str, LabelledImages]:

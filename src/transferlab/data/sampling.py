@@ -5,6 +5,7 @@ much of a global random stream came before: a run resumed at epoch k sees exactl
 uninterrupted run sees, whatever the number of DataLoader workers.
 """
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.images import check_policy
+from transferlab.data.splits import Item, SplitSettings, describe, record, split_files
 from transferlab.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
 
 
 def _mix(*numbers: int) -> int:
@@ -62,8 +66,9 @@ class SeededSamples(Dataset):
 
 
 class SeededLoaders(L.LightningDataModule):
-    """The settings every transferlab DataModule shares, and its DataLoaders: training shuffled
-    and augmented as a function of (seed, epoch, sample), validation in order."""
+    """The settings every transferlab DataModule shares, its split (`transferlab.data.splits`)
+    and its DataLoaders: training shuffled and augmented as a function of (seed, epoch, sample),
+    validation and test in order."""
 
     def __init__(
         self,
@@ -77,9 +82,13 @@ class SeededLoaders(L.LightningDataModule):
         on_bad_file: str,
         pin_memory: bool,
         seed: int,
+        split: SplitSettings | None = None,
+        manifest: str | None = None,
     ):
         super().__init__()
         check_policy(on_bad_file)
+        self.split_settings = split or SplitSettings()
+        self.split_settings.check()  # before any file is read
         self.root = Path(root).expanduser()
         self.image_size = image_size
         self.batch_size = batch_size
@@ -92,6 +101,11 @@ class SeededLoaders(L.LightningDataModule):
         self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None  # only when there is a test split
+        # group_by's manifest: <root>/manifest.csv unless data.manifest names another file
+        self.manifest = Path(manifest).expanduser() if manifest else self.root / "manifest.csv"
+        self.layout = ""  # which folder layout setup found, as split.json records it
+        self.split: dict[str, list[Item]] = {}  # train / val / test items, set by setup
         self.bad_files: list[tuple[Path, str]] = []  # (file, reason) skipped at setup: bad_files.txt
 
     task: str  # "classification" | "segmentation": which eval transform `preprocess` names
@@ -102,6 +116,18 @@ class SeededLoaders(L.LightningDataModule):
         and read back by `transferlab.data.preprocess.eval_transform`."""
         return {"task": self.task, "image_size": self.image_size, "mean": list(self.mean),
                 "std": list(self.std)}
+
+    def make_split(self, found: dict[str, list[Item]], layout: str) -> dict[str, list[Item]]:
+        """Split the `found` items (split folder -> items) and log the class counts per split."""
+        self.layout = layout
+        self.split = split_files(found, self.split_settings, self.manifest)
+        log.info("split of %s (%s layout):\n%s", self.root, layout, describe(self.split))
+        return self.split
+
+    @property
+    def split_record(self) -> dict:
+        """What `<run dir>/split.json` holds: the settings and the files of every split."""
+        return record(self.split, self.split_settings, self.root, self.layout)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -129,3 +155,6 @@ class SeededLoaders(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)

@@ -1,7 +1,9 @@
 """Paired image/mask folders as a LightningDataModule.
 
-`root/{train,val}/images/<id>.<ext>` pairs with `root/{train,val}/masks/<id><mask_suffix>.<ext>`
-(by file stem; the extensions may differ). Masks become class-id maps: `binary` masks are
+`root/{train,val,test}/images/<id>.<ext>` pairs with `root/<split>/masks/<id><mask_suffix>.<ext>`
+(by file stem; the extensions may differ); `val/` and `test/` are optional, and one folder
+`root/{images,masks}` works too: what has no folder is split off by `transferlab.data.splits`
+(`data.group_by` keeps the images of one patient together). Masks become class-id maps: `binary` masks are
 foreground where the pixel value is >= `mask_threshold` (128 suits 0/255 masks, 1 suits 0/1
 masks); `multiclass` masks hold class ids, or the values that `mask_values` lists in class order.
 """
@@ -19,12 +21,13 @@ from torchvision.transforms import v2
 
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import SeededLoaders
+from transferlab.data.splits import Item, SplitSettings, identical_files
 from transferlab.errors import ConfigError, DataError, first_few
 
 log = logging.getLogger(__name__)
 
 MASK_MODES = ("binary", "multiclass")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 Pair = tuple[Path, Path]
 
 
@@ -129,10 +132,18 @@ class SegmentationFolderDataModule(SeededLoaders):
         on_bad_file: str = "error",
         pin_memory: bool = False,
         seed: int = 0,
+        val_fraction: float | None = 0.2,
+        test_fraction: float | None = None,
+        split_seed: int = 0,
+        folds: int | None = None,
+        fold: int | None = None,
+        group_by: str | None = None,
+        manifest: str | None = None,
     ):
+        split = SplitSettings(val_fraction, test_fraction, split_seed, folds, fold, group_by)
         super().__init__(
             root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
-            pin_memory, seed,
+            pin_memory, seed, split, manifest,
         )
         self.task = "segmentation"
         self.classes = class_names(mask_mode, classes, mask_values)
@@ -144,11 +155,21 @@ class SegmentationFolderDataModule(SeededLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        found = {split: self.stem_pairs(split) for split in SPLITS}
+        # Split folders when train/ has them, else one images/ + masks/ folder (the pool).
+        folders = (SPLITS if (self.root / "train" / "images").is_dir() else ("",))
+        if not (self.root / folders[0] / "images").is_dir():
+            raise DataError(
+                f"dataset not found: expected {self.root}/train/images/<id>.png and "
+                f"{self.root}/train/masks/<id>{self.mask_suffix}.png (with val/ and test/ beside "
+                f"train/ if you have them), or one folder {self.root}/images + {self.root}/masks. "
+                "Put the data there, or point data.root (or TRANSFERLAB_DATA_DIR) at it."
+            )
+        found = {split or "train": self.stem_pairs(split) for split in folders
+                 if split in ("", "train") or (self.root / split / "images").is_dir()}
         unpaired = [line for _, lines in found.values() for line in lines]
         if unpaired:
             raise DataError(self.unpaired_message(unpaired))
-        # One decoding pass over the images and masks of both splits, so one run reports them all.
+        # One decoding pass over the images and masks of every split, so one run reports them all.
         every_file = [f for pairs, _ in found.values() for pair in pairs for f in pair]
         self.bad_files = find_bad_files(every_file, self.on_bad_file)
         bad = {f for f, _ in self.bad_files}
@@ -156,18 +177,32 @@ class SegmentationFolderDataModule(SeededLoaders):
             split: [(i, m) for i, m in pairs if i not in bad and m not in bad]
             for split, (pairs, _) in found.items()
         }
-        check_sizes(usable["train"] + usable["val"])
-        for split, pairs in usable.items():
-            if not pairs:
-                raise DataError(f"{self.root / split} has no usable image-mask pairs")
-        train, val = usable["train"], usable["val"]
+        check_sizes([pair for pairs in usable.values() for pair in pairs])
+        if len(usable) > 1:
+            identical_files({split: [i for i, _ in pairs] for split, pairs in usable.items()})
+        mask_of = {i: m for pairs in usable.values() for i, m in pairs}
+        split = self.make_split(
+            {name: [Item(i.relative_to(self.root).as_posix()) for i, _ in pairs]
+             for name, pairs in usable.items()},
+            "split folders" if folders == SPLITS else "one folder",
+        )
+        pairs = {}
+        for name, items in split.items():
+            pairs[name] = [(self.root / i.key, mask_of[self.root / i.key]) for i in items]
+            if not pairs[name]:
+                folder = self.root / name
+                raise DataError(f"{folder if folder.is_dir() else f'the {name} split of {self.root}'}"
+                                " has no usable image-mask pairs")
         make_train = train_transform if self.augment else eval_transform
         size, mean, std = self.image_size, self.mean, self.std
-        self.train_set = SegmentationPairs(train, self.encode_mask, make_train(size, mean, std))
-        self.val_set = SegmentationPairs(val, self.encode_mask, eval_transform(size, mean, std))
+        fixed = eval_transform(size, mean, std)
+        self.train_set = SegmentationPairs(pairs["train"], self.encode_mask, make_train(size, mean, std))
+        self.val_set = SegmentationPairs(pairs["val"], self.encode_mask, fixed)
+        if "test" in pairs:
+            self.test_set = SegmentationPairs(pairs["test"], self.encode_mask, fixed)
         log.info(
-            "data %s: classes %s, %d train / %d val image-mask pairs",
-            self.root, self.classes, len(train), len(val),
+            "data %s: classes %s, %s image-mask pairs", self.root, self.classes,
+            " / ".join(f"{len(p)} {name}" for name, p in pairs.items()),
         )
 
     def stem_pairs(self, split: str) -> tuple[list[Pair], list[str]]:

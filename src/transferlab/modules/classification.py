@@ -71,6 +71,26 @@ class ClassificationModule(TransferModule):
                 logger.experiment.add_figure("val/confusion_matrix", fig, self.current_epoch)
                 plt.close(fig)
 
+    # Test: once, after fit, on the checkpoint chosen on val (transferlab.fit.test_selected).
+    def on_test_start(self) -> None:
+        # Made here, not in __init__: only runs with a test split need them, and metrics hold no
+        # persistent state, so checkpoints keep their keys either way.
+        n = self.hparams.num_classes
+        self.test_loss = MeanMetric().to(self.device)
+        self.test_scores = nn.ModuleDict({
+            "acc": MulticlassAccuracy(n, average="micro"),
+            "balanced_acc": MulticlassAccuracy(n, average="macro"),  # mean recall over classes
+            "f1": MulticlassF1Score(n, average="macro"),
+        }).to(self.device)
+
+    def test_step(self, batch, batch_idx):
+        logits, y = self.logits(batch), batch[1]
+        self.test_loss.update(self.criterion(logits, y), weight=len(y))
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        for name, metric in self.test_scores.items():
+            metric.update(logits, y)
+            self.log(f"test/{name}", metric, on_epoch=True)
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
 

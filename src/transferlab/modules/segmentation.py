@@ -95,22 +95,49 @@ class SegmentationModule(TransferModule):
             self._shown = (x[:n].cpu(), y[:n].cpu(), predicted[:n].cpu())
 
     def on_validation_epoch_end(self) -> None:
-        dice = self.val_dice.compute()
-        iou = self.val_iou.compute().float()
-        iou[iou < 0] = float("nan")  # MeanIoU marks classes seen in no image with -1
-        self.val_dice.reset()
-        self.val_iou.reset()
-        mean_dice = dice.nanmean()  # classes absent from every val image and prediction are NaN
+        scores = self.scores("val", self.val_dice, self.val_iou)
+        mean_dice = scores.pop("val/dice")
         self.val_dice_best(mean_dice)
         self.log_dict({"val/dice": mean_dice, "val/dice_best": self.val_dice_best.compute()},
                       prog_bar=True, sync_dist=True)
-        per_class = {"val/iou": iou.nanmean()}
-        for name, class_dice, class_iou in zip(self.class_names, dice, iou):
-            per_class |= {f"val/dice/{name}": class_dice, f"val/iou/{name}": class_iou}
-        self.log_dict(per_class, sync_dist=True)
+        self.log_dict(scores, sync_dist=True)
         if not self.trainer.sanity_checking and self._shown is not None:
             self.log_overlays(*self._shown)
         self._shown = None
+
+    def scores(self, prefix: str, dice_metric: DiceScore, iou_metric: MeanIoU) -> dict:
+        """Mean Dice and IoU over classes and per class, as `<prefix>/dice`, `<prefix>/dice/<class>`
+        and so on; resets the metrics."""
+        dice = dice_metric.compute()
+        iou = iou_metric.compute().float()
+        iou[iou < 0] = float("nan")  # MeanIoU marks classes seen in no image with -1
+        dice_metric.reset()
+        iou_metric.reset()
+        # nanmean: classes absent from every image and prediction are NaN
+        scores = {f"{prefix}/dice": dice.nanmean(), f"{prefix}/iou": iou.nanmean()}
+        for name, class_dice, class_iou in zip(self.class_names, dice, iou):
+            scores |= {f"{prefix}/dice/{name}": class_dice, f"{prefix}/iou/{name}": class_iou}
+        return scores
+
+    # Test: once, after fit, on the checkpoint chosen on val (transferlab.fit.test_selected).
+    def on_test_start(self) -> None:
+        # Made here, not in __init__: only runs with a test split need them.
+        n = self.hparams.num_classes
+        self.test_loss = MeanMetric().to(self.device)
+        self.test_dice = DiceScore(n, average="none", input_format="index").to(self.device)
+        self.test_iou = MeanIoU(n, per_class=True, input_format="index").to(self.device)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        predicted = self.labels(logits)
+        self.test_loss(self.criterion(logits, y))
+        self.test_dice(predicted, y)
+        self.test_iou(predicted, y)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.scores("test", self.test_dice, self.test_iou), sync_dist=True)
 
     def log_overlays(self, images, truth, predicted) -> None:
         """One grid: the first val images with the ground truth (top row) and the prediction

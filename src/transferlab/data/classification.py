@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import EpochShuffle, SeededLoaders
-from transferlab.data.splits import Item, SplitSettings, identical_files
+from transferlab.data.splits import Item, identical_files
 from transferlab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -71,34 +71,18 @@ class ImageFolderDataModule(SeededLoaders):
     for the bad-file policy).
     """
 
+    task = "classification"
+
     def __init__(
         self,
         root: str,
+        *,
         image_size: int = 224,
-        batch_size: int = 4,
-        num_workers: int = 2,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        augment: bool = True,
-        on_bad_file: str = "error",
         download_url: str | None = None,
         download_md5: str | None = None,
-        pin_memory: bool = False,
-        seed: int = 0,
-        val_fraction: float | None = 0.2,
-        test_fraction: float | None = None,
-        split_seed: int = 0,
-        folds: int | None = None,
-        fold: int | None = None,
-        group_by: str | None = None,
-        manifest: str | None = None,
+        **common,
     ):
-        split = SplitSettings(val_fraction, test_fraction, split_seed, folds, fold, group_by)
-        super().__init__(
-            root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
-            pin_memory, seed, split, manifest,
-        )
-        self.task = "classification"
+        super().__init__(root, image_size=image_size, **common)
         self.download_url = download_url
         self.download_md5 = download_md5
         self.classes: list[str] = []

@@ -73,21 +73,27 @@ class SeededLoaders(L.LightningDataModule):
     def __init__(
         self,
         root: str,
+        *,
         image_size: int,
-        batch_size: int,
-        num_workers: int,
-        mean: tuple[float, ...] | None,
-        std: tuple[float, ...] | None,
-        augment: bool,
-        on_bad_file: str,
-        pin_memory: bool,
-        seed: int,
-        split: SplitSettings | None = None,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        augment: bool = True,
+        on_bad_file: str = "error",
+        pin_memory: bool = False,
+        seed: int = 0,
+        val_fraction: float | None = 0.2,
+        test_fraction: float | None = None,
+        split_seed: int = 0,
+        folds: int | None = None,
+        fold: int | None = None,
+        group_by: str | None = None,
         manifest: str | None = None,
     ):
         super().__init__()
         check_policy(on_bad_file)
-        self.split_settings = split or SplitSettings()
+        self.split_settings = SplitSettings(val_fraction, test_fraction, split_seed, folds, fold, group_by)
         self.split_settings.check()  # before any file is read
         self.root = Path(root).expanduser()
         self.image_size = image_size

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import SeededLoaders
-from transferlab.data.splits import Item, SplitSettings, identical_files
+from transferlab.data.splits import Item, identical_files
 from transferlab.errors import ConfigError, DataError, first_few
 
 log = logging.getLogger(__name__)
@@ -115,37 +115,21 @@ class SegmentationFolderDataModule(SeededLoaders):
     together: unpaired files and size mismatches are errors naming every one; undecodable files
     follow `on_bad_file`."""
 
+    task = "segmentation"
+
     def __init__(
         self,
         root: str,
+        *,
         image_size: int = 256,
-        batch_size: int = 4,
-        num_workers: int = 2,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        augment: bool = True,
         mask_mode: str = "binary",
         mask_threshold: int = 128,
         mask_values: list[int] | None = None,
         classes: list[str] | None = None,
         mask_suffix: str = "",
-        on_bad_file: str = "error",
-        pin_memory: bool = False,
-        seed: int = 0,
-        val_fraction: float | None = 0.2,
-        test_fraction: float | None = None,
-        split_seed: int = 0,
-        folds: int | None = None,
-        fold: int | None = None,
-        group_by: str | None = None,
-        manifest: str | None = None,
+        **common,
     ):
-        split = SplitSettings(val_fraction, test_fraction, split_seed, folds, fold, group_by)
-        super().__init__(
-            root, image_size, batch_size, num_workers, mean, std, augment, on_bad_file,
-            pin_memory, seed, split, manifest,
-        )
-        self.task = "segmentation"
+        super().__init__(root, image_size=image_size, **common)
         self.classes = class_names(mask_mode, classes, mask_values)
         self.mask_suffix = mask_suffix or ""
         self.encode_mask = MaskEncoding(

@@ -78,6 +78,10 @@ def test_failure_before_training_is_recorded_and_explained(hymenoptera, tmp_path
     assert "Traceback" not in out  # the message is the whole story
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
+    # How the run was asked for is on record even so: the sweep report reads only this file.
+    assert (summary["monitor"], summary["monitor_mode"]) == ("val/acc", "max")
+    assert summary["overrides"] == [*TINY, *args] and summary["choices"]["freeze"] == "full"
+    assert summary["hparams"]["backbone"] == "resnet18"
     assert not (run_dir / "checkpoints").exists()
 
 

@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from transferlab.models.backbones import torchvision_models
 from helpers import composed
 from transferlab.freeze import FreezeStrategy
-from transferlab.fit import swept_hparams
+from transferlab.train import swept_hparams
 from transferlab.train import config_dir
 
 CONF = Path(config_dir())

@@ -4,7 +4,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from transferlab.report import build_report, main, paired
 
@@ -30,7 +29,8 @@ def summary(best, *, monitor="val/acc", status="completed", error=None, best_epo
 
 def make_job(sweep: Path, num: int, overrides: list[str], data: dict | None,
              choices: dict | None = None) -> Path:
-    """A job dir as Hydra and transferlab-train leave it; data=None: no summary.json."""
+    """A job dir as Hydra and transferlab-train leave it; data=None: no summary.json. The
+    report reads summary.json only: .hydra/ is there, empty, as the mark of a job dir."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     choices = {**DEFAULT_CHOICES, **(choices or {})}
@@ -38,14 +38,9 @@ def make_job(sweep: Path, num: int, overrides: list[str], data: dict | None,
         key, _, value = item.partition("=")
         if key in choices:
             choices[key] = value
-    monitor = (data or {}).get("monitor", "val/acc")
-    config = {"seed": 0, "monitor": monitor, "backbone": {"name": choices["backbone"]}}
-    OmegaConf.save(OmegaConf.create(config), job / ".hydra/config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra/overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}),
-                   job / ".hydra/hydra.yaml")
     if data is not None:
-        (job / "summary.json").write_text(json.dumps(data))
+        record = {"overrides": overrides, "choices": choices}
+        (job / "summary.json").write_text(json.dumps(record | data))
     return job
 
 
@@ -147,15 +142,17 @@ def test_failed_unfinished_and_missing_jobs_are_listed(tmp_path):
     assert float(table["init=pretrained"]["best_mean"]) == 0.9
     # Every job of this configuration failed: it is still a row, with nothing to average.
     assert table["init=default"]["n_seeds"] == "0"
-    assert (table["init=default"]["n_failed"], table["init=default"]["n_unfinished"]) == ("1", "1")
+    assert (table["init=default"]["n_failed"], table["init=default"]["n_unfinished"]) == ("1", "0")
     assert table["init=default"]["best_mean"] == table["init=default"]["diff_vs_baseline"] == ""
-    assert [r.configuration for r in result.rows][-1] == "init=default"
+    # A job that never wrote its summary.json has no settings to group it by: named by its dir.
+    assert table["(job 4)"]["n_unfinished"] == "1"
+    assert {r.configuration for r in result.rows[-2:]} == {"init=default", "(job 4)"}
 
     md = (sweep / "report.md").read_text()
     problems = md.split("## Failed or unfinished jobs")[1]
     assert "| 1 | init=he | failed | RuntimeError: CUDA out of memory |" in problems
     assert "| 3 | init=pretrained | unfinished |" in problems
-    assert "| 4 | init=default | missing | no summary.json" in problems
+    assert "| 4 | (job 4) | missing | no summary.json" in problems
     assert "| 5 | init=default | failed | DataError: no images |" in problems
 
 
@@ -165,17 +162,17 @@ def test_damaged_files_are_reported_not_fatal(tmp_path):
     torn = make_job(sweep, 1, ["init=he", "seed=1"], None) / "summary.json"
     torn.write_text('{"status": "runn')
     make_job(sweep, 2, ["init=he", "seed=2"], summary(None))  # completed, monitor never logged
-    (make_job(sweep, 3, ["init=he", "seed=3"], summary(0.9)) / ".hydra/overrides.yaml").write_text(
-        "- [unclosed"
-    )
+    older = make_job(sweep, 3, ["init=he", "seed=3"], summary(0.9)) / "summary.json"
+    older.write_text(json.dumps(summary(0.9)))  # a summary without the run's record
     result = build_report(sweep, plots=False)
     problems = {j.path.name: (j.status, j.error) for j in result.problems}
     assert problems["1"][0] == "unreadable" and "summary.json" in problems["1"][1]
     assert problems["2"] == ("completed", "no value of val/acc was recorded")
-    # Without readable overrides the job is named by its Hydra choices; its result still counts.
     rows = {r.configuration: len(r.ok_jobs) for r in result.rows}
     assert rows.pop("init=he") == 1
-    assert list(rows.values()) == [1] and "backbone=resnet18" in next(iter(rows))
+    assert rows.pop("(job 1)") == 0  # a torn summary.json: named by its dir, listed, not dropped
+    # A summary from before runs recorded how they were asked for: named by its dir, still counted.
+    assert rows == {"(job 3)": 1}
 
 
 def test_pngs_are_written(sweep):

@@ -22,6 +22,7 @@ from transferlab.data.images import write_bad_files
 from transferlab.data.splits import write_record
 from transferlab.errors import BadFilesError, ConfigError
 from transferlab.summary import update_summary
+from transferlab.train import swept_hparams
 
 log = logging.getLogger("transferlab")
 
@@ -76,19 +77,6 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
             f"(torch {torch.__version__}). Use trainer=cpu, or trainer=default, which picks the "
             "GPU when there is one."
         )
-
-
-def swept_hparams(cfg: DictConfig) -> dict:
-    """The settings worth comparing across runs, by group name (`freeze`, `init`, ...): the
-    group choices, the command-line overrides, and the values actually used."""
-    hc = HydraConfig.get()
-    params = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-    for override in hc.overrides.task:
-        key, _, value = override.partition("=")
-        params[key.lstrip("+~")] = value
-    # `backbone.name=x` changes the network without changing the group choice.
-    params |= {"seed": cfg.seed, "backbone": cfg.backbone.name, "lr": cfg.optimizer.lr}
-    return {k: str(v) if v is None else v for k, v in params.items()}
 
 
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float | None:

@@ -1,6 +1,7 @@
 """`transferlab-report`: one table and three plots for a Hydra multirun sweep of transferlab-train.
 
-Every job of the sweep is read from its `.hydra/` files and `summary.json`; jobs that differ only
+Every job of the sweep is read from its `summary.json` alone (how the run was asked for, from its
+first moment, and how it went); jobs that differ only
 in `seed` and `data.fold` (its replicate) form one configuration. Jobs that failed, never finished
 or never started are listed, not dropped, so a half-broken sweep still gives an honest report.
 
@@ -30,7 +31,6 @@ from scipy import stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from omegaconf import OmegaConf
 
 SWEEPS_ROOT = Path("outputs/multirun")
 BASELINE = ("init", "he")  # --baseline KEY=VALUE changes it
@@ -190,25 +190,19 @@ def latest_sweep(root: Path = SWEEPS_ROOT) -> Path:
     return sweeps[-1]
 
 
-def _yaml(path: Path):
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:  # a missing or damaged .hydra file costs the job its name, not the report
-        return None
-
-
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _choices(path: Path) -> dict:
-    """Hydra's config-group choices of the job (init, freeze, ...), overridden or default."""
-    hydra = (_yaml(path / ".hydra/hydra.yaml") or {}).get("hydra") or {}
-    return (hydra.get("runtime") or {}).get("choices") or {}
-
-
 def read_job(path: Path) -> Job:
-    overrides = _yaml(path / ".hydra/overrides.yaml") or []
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        return Job(path, {}, "missing", "no summary.json (job never started)", {})
+    try:
+        summary = json.loads(summary_path.read_text())
+        overrides, choices = list(summary.get("overrides") or []), dict(summary.get("choices") or {})
+    except (OSError, ValueError, TypeError) as err:
+        return Job(path, {}, "unreadable", f"summary.json: {err}", {})
     settings, replicate = {}, dict.fromkeys(REPLICATE_KEYS)
     for item in overrides:
         key, _, value = str(item).partition("=")
@@ -216,22 +210,13 @@ def read_job(path: Path) -> Job:
             replicate[key.lstrip("+~")] = value
         else:
             settings[key] = value
-    choices = _choices(path)
     if not settings:
         # A job with only a seed override is the defaults; name it by what those defaults are.
         settings = {k: str(choices[k]) for k in ("init", "freeze", "backbone") if k in choices}
     init = settings.get("init", choices.get("init"))
-    init = None if init is None else str(init)
-    job_args = {"init": init, "choices": {k: str(v) for k, v in choices.items()},
+    job_args = {"init": None if init is None else str(init),
+                "choices": {k: str(v) for k, v in choices.items()},
                 "replicate": tuple(replicate.values())}
-
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        return Job(path, settings, "missing", "no summary.json (job never started)", {}, **job_args)
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as err:
-        return Job(path, settings, "unreadable", f"summary.json: {err}", {}, **job_args)
     status, error = str(summary.get("status")), summary.get("error")
     if status == "running":
         # Nothing is left running when the report is made, so a `running` job was killed.
@@ -248,15 +233,19 @@ def _name(settings: dict[str, str]) -> str:
 
 def read_jobs(sweep_dir: Path) -> tuple[list[Job], dict[str, str]]:
     """The jobs in Hydra's order and the settings they all share."""
-    dirs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+    # Hydra makes .hydra/ in every job dir before the job starts: it marks the jobs, even those
+    # that never wrote a summary.json.
+    dirs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / "summary.json").is_file()]
     dirs.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     jobs = [read_job(p) for p in dirs]
     # Overrides that every job shares (data.root=..., trainer.max_epochs=...) do not tell
-    # configurations apart; names leave them out and the report states them once.
-    common = dict(set.intersection(*(set(j.settings.items()) for j in jobs))) if jobs else {}
+    # configurations apart; names leave them out and the report states them once. A job without
+    # a readable summary.json has no settings to compare, and is named by its dir.
+    named = [j for j in jobs if j.settings]
+    common = dict(set.intersection(*(set(j.settings.items()) for j in named))) if named else {}
     for job in jobs:
         varying = {k: v for k, v in job.settings.items() if k not in common}
-        job.configuration = _name(varying or job.settings) or "(defaults)"
+        job.configuration = _name(varying or job.settings) or f"(job {job.path.name})"
     return jobs, common
 
 
@@ -323,7 +312,7 @@ def mark_baselines(rows: list[Row], kind: str = "best", monitor: str = "",
     both kinds of row has no baselines and no Δ."""
     key, value = baseline
     bases = [r for r in rows if r.setting(key) == value]
-    # A row whose value is unknown (damaged .hydra files) might be a baseline itself: leave it out.
+    # A row whose value is unknown (no readable summary.json) might be a baseline itself: leave it out.
     others = [r for r in rows if r.setting(key) is not None and r.setting(key) != value]
     if not bases or not others:
         return
@@ -614,8 +603,7 @@ def build_report(sweep_dir: Path, plots: bool = True,
         raise FileNotFoundError(f"{sweep_dir} has no job dirs (subdirs with .hydra/)")
     monitors = Counter(j.summary["monitor"] for j in jobs if j.summary.get("monitor"))
     if not monitors:
-        config = _yaml(jobs[0].path / ".hydra/config.yaml") or {}
-        monitors[str(config.get("monitor", "val/acc"))] += 1
+        monitors["val/acc"] += 1  # no job recorded one: nothing to rank, only problems to list
     monitor = monitors.most_common(1)[0][0]
     mode = monitor_mode(jobs, monitor)
 

@@ -124,6 +124,32 @@ def outcome(run_dir: Path, seconds: float, reason: str | None) -> str:
     return "\n".join(f"  {k:<10}  {v}" for k, v in lines)
 
 
+def swept_hparams(cfg: DictConfig) -> dict:
+    """The settings worth comparing across runs, by group name (`freeze`, `init`, ...): the
+    group choices, the command-line overrides, and the values actually used."""
+    hc = HydraConfig.get()
+    params = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    for override in hc.overrides.task:
+        key, _, value = override.partition("=")
+        params[key.lstrip("+~")] = value
+    # `backbone.name=x` changes the network without changing the group choice.
+    params |= {"seed": cfg.seed, "backbone": cfg.backbone.name, "lr": cfg.optimizer.lr}
+    return {k: str(v) if v is None else v for k, v in params.items()}
+
+
+def run_record(cfg: DictConfig) -> dict:
+    """What summary.json says of a run from its first moment on, whatever happens next: how it
+    was asked for (overrides, group choices, the settings worth comparing) and its monitor. The
+    sweep report reads nothing else about a job."""
+    hc = HydraConfig.get()
+    return {
+        "monitor": cfg.get("monitor"), "monitor_mode": cfg.get("monitor_mode"),
+        "overrides": list(hc.overrides.task),
+        "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+        "hparams": swept_hparams(cfg),
+    }
+
+
 def stop(err: BaseException, mode: RunMode) -> None:
     """A single run ends on a user error with its message alone: a traceback would bury it. A
     sweep re-raises, so Hydra records the failed job and goes on with the next."""
@@ -147,6 +173,8 @@ def main(cfg: DictConfig) -> float | None:
             stop(err, hydra_cfg.mode)
     elif rank_zero:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        update_summary(run_dir / "summary.json", status="running", epochs_completed=0,
+                       **run_record(cfg))
     if rank_zero:
         log.info("run dir %s (config: config.yaml there)", shown(run_dir))
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))

@@ -38,15 +38,17 @@ class ClassificationModule(TransferModule):
     def training_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]
         loss = self.criterion(logits, y)
-        # update(), not __call__, and logged once at epoch end: per-batch values are never
-        # shown, and computing or logging them costs more than a whole step on cached features.
+        # update(), not __call__, and handed to the logger once, at the epoch's last step (it
+        # computes them over the whole epoch then): per-batch values are never shown, and
+        # computing or logging them costs more than a whole step on cached features. Not in
+        # on_train_epoch_end: that runs after the callbacks' (the run summary's) hook.
         # Losses average over images.
         self.train_loss.update(loss.detach(), weight=len(y))
         self.train_acc.update(logits, y)
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc},
+                          on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc}, prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]

@@ -134,3 +134,27 @@ def test_googlenet_loads_imagenet_weights_without_its_auxiliary_classifiers(tmp_
     Pretrained(weights_path=str(path))(backbone)
     assert torch.equal(backbone.net.conv1.conv.weight, imagenet.conv1.conv.weight)
     assert backbone.net.transform_input, "the ImageNet weights expect their input transform"
+
+
+@pytest.mark.parametrize("name,size,args", [
+    ("resnet18", 64, {}), ("mobilenet_v2", 64, {}), ("densenet121", 64, {}),
+    ("squeezenet1_1", 64, {}), ("googlenet", 64, {}), ("vit_b_16", 32, {"image_size": 32}),
+])
+def test_the_network_cut_after_any_stage_computes_the_same_logits(name, size, args):
+    torch.manual_seed(0)
+    backbone = TorchvisionBackbone(name, 3, **args)
+    net = backbone.net.eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits = net(x)
+        for cut in list(backbone.stages())[:-1]:
+            features = backbone.forward_until(cut, x)
+            assert torch.equal(backbone.forward_from(cut, features), logits), cut
+    assert backbone.tail(cut).get_submodule(backbone.head_path) is backbone.head  # shared, not copied
+
+
+def test_a_skip_connection_across_the_cut_is_refused():
+    from transferlab.models.backbones import UNetBackbone
+
+    with pytest.raises(ConfigError, match="cannot run from the output of block3: decoder also reads"):
+        UNetBackbone(num_classes=2).tail("block3")

@@ -134,33 +134,90 @@ def test_a_damaged_entry_is_built_again(tmp_path, noisy_folder):
 
 @pytest.mark.parametrize("backbone,freeze,reason", [
     ("resnet18", {"_target_": STRATEGY + "FullFineTune"},
-     "stem, layer1, layer2, layer3, layer4 train from epoch 0"),
-    ("resnet18", {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1},
-     "layer4 trains from epoch 1"),
-    ("alexnet", {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 3},
-     "classifier trains from epoch 0"),
+     "stem trains from epoch 0 under FullFineTune: no stage stays frozen for the whole fit"),
+    ("resnet18", {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1,
+                  "unfreeze_every": 1}, "stem trains from epoch 5 under GradualUnfreezing"),
 ])
-def test_off_with_a_reason_when_something_below_the_head_trains(
+def test_off_with_a_reason_when_no_stage_stays_frozen(
     tmp_path, image_folder, caplog, backbone, freeze, reason
 ):
     cache = FeatureCache(dir=tmp_path / "cache")
     with caplog.at_level(logging.INFO, logger="transferlab"):
         # The decision is taken at fit start, before any batch.
-        quiet_trainer(max_epochs=2, limit_train_batches=0, limit_val_batches=0, callbacks=[cache]).fit(
+        quiet_trainer(max_epochs=6, limit_train_batches=0, limit_val_batches=0, callbacks=[cache]).fit(
             classifier_module(backbone, freeze), datamodule=datamodule(image_folder, 64)
         )
     assert f"feature cache off: {reason}" in caplog.text
     assert cache.status == {} and not (tmp_path / "cache").exists()
 
 
-def test_on_when_a_partial_freeze_covers_everything_below_the_head(tmp_path, image_folder):
+@pytest.mark.parametrize("backbone,frozen_stages,cut", [
+    ("alexnet", 4, "head"),       # 3 conv blocks + the FC classifier: only the head trains
+    ("alexnet", 3, "block3"),     # the FC classifier trains on the conv blocks' cached output
+    ("resnet18", 3, "layer2"),
+])
+def test_the_cache_ends_where_the_frozen_stages_end(tmp_path, image_folder, caplog, backbone,
+                                                     frozen_stages, cut):
     cache = FeatureCache(dir=tmp_path / "cache")
-    freeze = {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 4}  # 3 blocks + classifier
-    module = classifier_module("alexnet", freeze)
+    freeze = {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": frozen_stages}
     dm = datamodule(image_folder, 64)
-    quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=dm)
-    assert cache.status == {"train": "built", "val": "built"}
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        quiet_trainer(max_epochs=1, callbacks=[cache]).fit(classifier_module(backbone, freeze), datamodule=dm)
+    assert cache.status == {"train": "built", "val": "built"} and cache.cut == cut
+    assert "feature cache on:" in caplog.text
     assert dm.cached is None  # images again after fit
+
+
+def test_an_entry_over_max_gb_is_not_built(tmp_path, image_folder, caplog):
+    cache = FeatureCache(dir=tmp_path / "cache", max_gb=1e-6)
+    freeze = {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 1}  # the stem's 64 maps
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        quiet_trainer(max_epochs=1, callbacks=[cache]).fit(
+            classifier_module("resnet18", freeze), datamodule=datamodule(image_folder, 64))
+    assert "would take 0.0 GB > callbacks.feature_cache.max_gb=1e-06" in caplog.text
+    assert cache.cut is None and not (tmp_path / "cache").exists()
+
+
+class TrainableGradients(Callback):
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps.append({n: p.grad.clone() for n, p in pl_module.named_parameters()
+                           if p.requires_grad and p.grad is not None})
+
+
+@pytest.mark.parametrize("backbone,size,frozen,args", [
+    ("resnet18", 32, 3, {}),                     # cut after layer2: layer3, layer4, head train
+    ("mobilenet_v2", 32, 10, {}),                # features.10..18 and a Dropout head train
+    ("vit_b_16", 32, 4, {"image_size": 32}),     # cut after block3 (stem's tokens included)
+])
+def test_a_frozen_prefix_cache_gives_the_same_gradients_and_predictions(
+    tmp_path, noisy_folder, backbone, size, frozen, args
+):
+    torch.manual_seed(0)
+    freeze = {"_target_": STRATEGY + "PartialFineTune", "frozen_stages": frozen}
+    on_images = classifier_module(backbone, freeze, lr=0.01, backbone_args=args)
+    HeInit()(on_images.backbone)
+    on_cache = copy.deepcopy(on_images)
+    grads = {}
+    for module, enabled in ((on_images, False), (on_cache, True)):
+        recorder, cache = TrainableGradients(), FeatureCache(enabled=enabled, dir=tmp_path / "cache")
+        torch.manual_seed(1)  # same shuffles, same Dropout masks
+        trainer = quiet_trainer(max_epochs=2, callbacks=[cache, recorder])
+        trainer.fit(module, datamodule=datamodule(noisy_folder, size))
+        grads[enabled] = recorder.steps
+    assert cache.cut == list(on_cache.stages)[frozen - 1]
+    assert len(grads[True]) == len(grads[False]) == 6
+    for cached, uncached in zip(grads[True], grads[False]):
+        assert cached.keys() == uncached.keys() and len(cached) > 2
+        for name in cached:
+            torch.testing.assert_close(cached[name], uncached[name], rtol=1e-4, atol=1e-5)
+    images = torch.stack([image for image, _ in datamodule(noisy_folder, size).val_set])
+    on_images.eval()
+    on_cache.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(on_cache(images), on_images(images), rtol=1e-4, atol=1e-5)
 
 
 def test_augmented_views_are_cached_once_and_drawn_per_epoch(tmp_path, noisy_folder):

@@ -73,3 +73,14 @@ def test_the_listing_command_finds_both_libraries():
                          capture_output=True, text=True, check=True).stdout
     assert "torchvision (" in out and "resnet18" in out.splitlines()[0]
     assert "timm (" in out and "resnet18" in out.splitlines()[1]
+
+
+@pytest.mark.parametrize("name,args", [("convnext_atto", {}), ("vit_tiny_patch16_224", {"img_size": 32})])
+def test_the_network_cut_after_any_stage_computes_the_same_logits(name, args):
+    torch.manual_seed(0)
+    backbone = TimmBackbone(name, 3, **args)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = backbone.net.eval()(x)
+        for cut in list(backbone.stages())[:-1]:
+            assert torch.equal(backbone.forward_from(cut, backbone.forward_until(cut, x)), logits), cut

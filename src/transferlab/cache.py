@@ -1,4 +1,4 @@
-"""The `cache` group. Speed: cached "CNN codes" for frozen backbones.
+"""The `cache` group. Speed: cached outputs of the frozen part of a network.
 
 When only the head trains, everything below it is a fixed function of the image: frozen
 weights, BatchNorm on running statistics, Dropout off (frozen stages run in eval mode). So its
@@ -23,35 +23,45 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data.sampling import _mix
-from transferlab.models.backbones import HEAD, Backbone, HeadInputs, eval_mode
+from transferlab.errors import ConfigError
+from transferlab.models.backbones import HEAD, Backbone, CachedInputs, Stages, eval_mode
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the stored layout changes: old entries are then never read
+CACHE_FORMAT = 2  # bump when the stored layout changes: old entries are then never read
 SPLITS = ("train", "val")
 
 
-def first_epoch_training_below_head(strategy, names: list[str], max_epochs: int | None):
-    """(epoch, stages) for the first epoch in which a stage below the head trains, else None."""
+def frozen_prefix(strategy, names: list[str], max_epochs: int | None) -> tuple[int, int | None]:
+    """How many leading stages below the head stay frozen in every epoch of the fit, and the
+    first epoch in which the next one trains (None: never)."""
     # Strategies decide from the epoch alone; a run without an epoch limit is checked far out.
     epochs = range(max_epochs) if max_epochs and max_epochs > 0 else (0, 10**6)
+    body = [n for n in names if n != HEAD]
+    count, first = len(body), None
     for epoch in epochs:
         frozen = strategy.frozen_stages(names, epoch)
-        below = [n for n in names if n != HEAD and n not in frozen]
-        if below:
-            return epoch, below
-    return None
+        leading = next((i for i, n in enumerate(body) if n not in frozen), len(body))
+        if leading < count:
+            count, first = leading, epoch
+    return count, first
 
 
-def weights_digest(net: nn.Module, skip: str) -> str:
-    """Identity of every tensor below the head (weights and BatchNorm statistics)."""
+def weights_digest(stages: Stages, upto: str) -> str:
+    """Identity of every tensor of the stages up to and including `upto` (weights and BatchNorm
+    statistics): what the cached output is a function of."""
     h = hashlib.blake2b(digest_size=16)
-    for name, tensor in net.state_dict().items():
-        if name.startswith(skip + "."):
-            continue
-        t = tensor.detach().cpu().contiguous()  # channels_last or not, same weights, same digest
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    for name, items in stages.items():
+        if name == HEAD:
+            break
+        for i, item in enumerate(items):
+            tensors = item.state_dict().items() if isinstance(item, nn.Module) else [("", item)]
+            for key, tensor in tensors:
+                t = tensor.detach().cpu().contiguous()  # channels_last or not: the same digest
+                h.update(f"{name}.{i}.{key}|{t.dtype}|{tuple(t.shape)}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        if name == upto:
+            break
     return h.hexdigest()
 
 
@@ -71,23 +81,30 @@ def digest(text: str) -> str:
 
 @torch.inference_mode()
 def encode(
-    backbone: Backbone, dataset: Dataset, passes: int, batch_size: int, num_workers: int,
-    device: torch.device, autocast=nullcontext,
+    backbone: Backbone, cut: str, dataset: Dataset, passes: int, batch_size: int,
+    num_workers: int, device: torch.device, autocast=nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's input for every image, `passes` times: (passes, N, ...) float32 and (N,)
-    labels. The caller puts the network in eval mode."""
+    """The output of stage `cut` for every image, `passes` times: (passes, N, ...) float32 and
+    (N,) labels. The caller puts the network in eval mode."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
         persistent_workers=num_workers > 0 and passes > 1,
     )
+    # NHWC input makes every conv take oneDNN's/cuDNN's NHWC kernels: ~1.3x on a CPU, the same
+    # values up to float rounding. Fine for a head's input; stages that train after a cut, with
+    # BatchNorm on small batches, amplify rounding, so there the layout is the one training on
+    # images would use (NHWC under trainer=fast), and the cached run computes what it computes.
+    first_conv = next((m for m in backbone.net.modules() if isinstance(m, nn.Conv2d)), None)
+    nhwc = cut == HEAD or (
+        first_conv is not None and first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    )
+    layout = torch.channels_last if nhwc else torch.contiguous_format
     views, labels = [], []
     for _ in range(passes):
         features, labels = [], []
         for x, y in loader:
             with autocast():
-                # NHWC input makes every conv take oneDNN's/cuDNN's NHWC kernels: ~1.3x on a
-                # CPU, same values up to float rounding.
-                f = backbone.forward_features(x.to(device, memory_format=torch.channels_last))
+                f = backbone.forward_until(cut, x.to(device, memory_format=layout))
             # Stored in the standard layout: a channels_last feature map (SqueezeNet's) would
             # send the head's convs down other kernels than in training on images.
             features.append(f.float().cpu().contiguous())
@@ -109,19 +126,23 @@ def readable(path: Path) -> bool:
 
 
 class CachedViews(Dataset):
-    """K cached views per image (K=1: the val transform's). Each epoch draws one view per image,
-    as augmentation would, from (seed, epoch) alone, so a resumed run draws the same.
+    """K cached views per image (K=1: the val transform's) of the output of stage `cut`. Each
+    epoch draws one view per image, as augmentation would, from (seed, epoch) alone, so a
+    resumed run draws the same.
 
     Batches are cut straight from the stored tensors (`__getitems__`, which DataLoader calls with
     a batch of keys): per-image indexing and collating cost more than the head's whole step.
-    Keys are `(index, epoch)` from `EpochShuffle`, or plain indices. A batch is `HeadInputs`, so
-    the module runs only the head on it.
+    Keys are `(index, epoch)` from `EpochShuffle`, or plain indices. A batch is `CachedInputs`,
+    so the module runs only what comes after `cut` on it.
     """
 
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor, seed: int = 0):
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, seed: int = 0, cut: str = HEAD):
         self.views = views
         self.labels = labels
         self.seed = seed
+        self.cut = cut
+        # A head on cached inputs validates in one product; deeper stages in the usual batches.
+        self.eval_batch_size = 1024 if cut == HEAD else None
         self._draws: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -133,24 +154,30 @@ class CachedViews(Dataset):
             self._draws = epoch, torch.randint(len(self.views), (len(self),), generator=g)
         return self._draws[1]
 
-    def __getitems__(self, keys: list) -> HeadInputs:
+    def __getitems__(self, keys: list) -> CachedInputs:
         epoch = keys[0][1] if isinstance(keys[0], tuple) else 0
         index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys])
         view = self.draws(epoch)[index] if len(self.views) > 1 else 0
-        return HeadInputs(self.views[view, index], self.labels[index])
+        return CachedInputs(self.views[view, index], self.labels[index], self.cut)
 
-    def __getitem__(self, key) -> HeadInputs:
-        features, label = self.__getitems__([key])
-        return HeadInputs(features[0], label[0])
+    def __getitem__(self, key) -> CachedInputs:
+        features, label, cut = self.__getitems__([key])
+        return CachedInputs(features[0], label[0], cut)
 
     @staticmethod
-    def collate(batch: HeadInputs) -> HeadInputs:
+    def collate(batch: CachedInputs) -> CachedInputs:
         """A batch from `__getitems__` is whole already."""
         return batch
 
 
 class FeatureCache(Callback):
-    """Train the head on cached head inputs whenever nothing below the head trains in this fit.
+    """Train on the cached output of the stages that stay frozen for the whole fit.
+
+    When only the head trains (feature extraction), that is the head's input: an epoch costs a
+    few matrix products. When the first k stages stay frozen (`freeze=partial`), it is the
+    output of stage k, and the stages after it train on that (the network is cut there by
+    `Backbone.tail`). A strategy that thaws every stage at some epoch (`gradual`) trains on
+    images. `max_gb` bounds an entry's size; a larger one is not built and the run says so.
 
     `views`: 0 caches one pass of the val transform (fixed centre crops) over the train images:
     one backbone pass per image in all, which is where the speed comes from, at the price of no
@@ -158,12 +185,13 @@ class FeatureCache(Callback):
     epoch draws one per image. Val is always one un-augmented pass.
 
     Entries live in `dir`, named by a digest of everything that shapes the features (network,
-    weights below the head, precision, transform, file list with sizes and mtimes, views), so
+    cut, weights up to the cut, precision, transform, file list with sizes and mtimes, views), so
     runs of a sweep share them and any change builds a new one.
     """
 
     def __init__(
-        self, enabled: bool = True, views: int = 0, dir: str = "outputs/cache", batch_size: int = 32
+        self, enabled: bool = True, views: int = 0, dir: str = "outputs/cache", batch_size: int = 32,
+        max_gb: float = 4.0,
     ):
         if views < 0:
             raise ValueError(f"feature cache views={views}: use 0 (no augmentation) or K > 0")
@@ -171,29 +199,35 @@ class FeatureCache(Callback):
         self.views = views
         self.dir = Path(dir)
         self.batch_size = batch_size
+        self.max_gb = max_gb
+        self.cut: str | None = None  # the stage whose output the last fit trained on
         self.builds = 0  # entries computed rather than read, over this callback's life
         self.status: dict[str, str] = {}  # split -> "built" | "reused", for the last fit
         self.active = False
         self._datamodule = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.status = {}
-        reason = self.reason_to_stay_off(trainer, pl_module)
-        if reason:
-            log.info("feature cache off: %s", reason)
+        self.status, self.cut = {}, None
+        cut, why = self.plan(trainer, pl_module)
+        if cut is None:
+            log.info("feature cache off: %s", why)
             return
-        sets = self.load_or_build(trainer, pl_module)
+        sources = self.sources(trainer.datamodule)
+        too_big = self.too_big(pl_module.backbone, cut, sources)
+        if too_big:
+            log.info("feature cache off: %s", too_big)
+            return
+        sets = self.load_or_build(trainer, pl_module, cut, sources)
         trainer.datamodule.use_cached(sets)
-        self.active, self._datamodule = True, trainer.datamodule
-        # A head on cached inputs is a few tiny matrix products: extra OpenMP threads only add
-        # barriers, and on a busy machine each barrier waits for a descheduled thread (measured
-        # here: 17 ms instead of 0.4 ms per step with 2 threads on 2 shared cores).
+        self.active, self._datamodule, self.cut = True, trainer.datamodule, cut
         self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        log.info(
-            "feature cache on: only the head trains, on cached head inputs (%s; in %s)",
-            ", ".join(f"{s} {self.status[s]}" for s in SPLITS), self.dir,
-        )
+        if cut == HEAD:
+            # A head on cached inputs is a few tiny matrix products: extra OpenMP threads only
+            # add barriers, and on a busy machine each barrier waits for a descheduled thread
+            # (measured here: 17 ms instead of 0.4 ms per step with 2 threads on 2 shared cores).
+            torch.set_num_threads(1)
+        log.info("feature cache on: %s (%s; in %s)", why,
+                 ", ".join(f"{s} {self.status[s]}" for s in SPLITS), self.dir)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.release()
@@ -208,27 +242,36 @@ class FeatureCache(Callback):
             torch.set_num_threads(self._threads)
         self.active, self._datamodule = False, None
 
-    def reason_to_stay_off(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+    def plan(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str | None, str]:
+        """(cut, what trains on it), or (None, why the cache stays off)."""
         if not self.enabled:
-            return "disabled (cache=off)"
+            return None, "disabled (cache=off)"
         backbone, strategy = getattr(pl_module, "backbone", None), getattr(pl_module, "freeze_strategy", None)
         if not isinstance(backbone, Backbone) or strategy is None:
-            return f"{type(pl_module).__name__} is no transferlab module with a backbone"
+            return None, f"{type(pl_module).__name__} is no transferlab module with a backbone"
         if not hasattr(trainer.datamodule, "use_cached"):
-            return "the images do not come from a transferlab classification datamodule"
+            return None, "the images do not come from a transferlab classification datamodule"
         names = list(pl_module.stages)
-        training = first_epoch_training_below_head(strategy, names, trainer.max_epochs)
-        if training:
-            epoch, stages = training
-            return (
-                f"{', '.join(stages)} train{'s' if len(stages) == 1 else ''} from epoch {epoch} "
-                f"under {type(strategy).__name__}; cached inputs are only valid while everything "
-                "below the head stays frozen"
+        body = names[:-1]
+        count, epoch = frozen_prefix(strategy, names, trainer.max_epochs)
+        if count == len(body) and backbone.cache_blocker() is None:
+            return HEAD, "only the head trains, on cached head inputs"
+        if count == len(body):  # stateful layers in the head stage: cut below them instead
+            log.info("feature cache: %s, so the cache ends at %s", backbone.cache_blocker(), body[-1])
+        if count == 0:
+            return None, (
+                f"{body[0]} trains from epoch {epoch} under {type(strategy).__name__}: no stage "
+                "stays frozen for the whole fit, so there is no fixed output to cache"
             )
-        return backbone.cache_blocker()
+        cut = body[count - 1]
+        try:
+            backbone.tail(cut)
+        except ConfigError as err:
+            return None, str(err)
+        return cut, (f"{', '.join(body[:count])} stay frozen; {', '.join(names[count:])} "
+                     f"train on the cached output of {cut}")
 
-    def load_or_build(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Dataset]:
-        datamodule = trainer.datamodule
+    def sources(self, datamodule) -> dict[str, Dataset]:
         augmented = self.views > 0 and datamodule.augment
         if self.views > 0 and not datamodule.augment:
             log.info("feature cache: views=%d ignored, data.augment=false makes all views equal", self.views)
@@ -237,13 +280,30 @@ class FeatureCache(Callback):
                 "feature cache: train features come from the val transform, so data.augment is not "
                 "applied (callbacks.feature_cache.views=K caches K augmented views per image)"
             )
-        sources = datamodule.feature_sources(augmented=augmented)
-        passes = {"train": self.views if augmented else 1, "val": 1}
+        self._passes = {"train": self.views if augmented else 1, "val": 1}
+        return datamodule.feature_sources(augmented=augmented)
+
+    def too_big(self, backbone: Backbone, cut: str, sources: dict[str, Dataset]) -> str | None:
+        """Why the entries would exceed `max_gb`, from the output of one image; else None."""
+        with torch.inference_mode(), eval_mode(backbone.net):
+            device = next(backbone.net.parameters()).device
+            numel = backbone.forward_until(cut, sources["val"][0][0][None].to(device)).numel()
+        images = sum(len(sources[split]) * self._passes[split] for split in SPLITS)
+        size_gb = numel * 4 * images / 1e9
+        if size_gb <= self.max_gb:
+            return None
+        return (f"the output of {cut} ({numel:,} floats per image) for {images} image passes "
+                f"would take {size_gb:.1f} GB > callbacks.feature_cache.max_gb={self.max_gb}")
+
+    def load_or_build(self, trainer: L.Trainer, pl_module: L.LightningModule, cut: str,
+                      sources: dict[str, Dataset]) -> dict[str, Dataset]:
+        datamodule, passes = trainer.datamodule, self._passes
         common = {
             "format": CACHE_FORMAT,
             "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
             "network": digest(repr(pl_module.net)),
-            "weights": weights_digest(pl_module.net, skip=pl_module.backbone.head_path),
+            "cut": cut,
+            "weights": weights_digest(pl_module.stages, upto=cut),
             "precision": str(trainer.precision),
         }
         entries = {}
@@ -262,7 +322,7 @@ class FeatureCache(Callback):
                 # wait for it and read it whole.
                 with FileLock(path.with_suffix(".lock")):
                     if not path.is_file() or not readable(path):
-                        self.build(trainer, pl_module, dataset, passes[split], key, path)
+                        self.build(trainer, pl_module, cut, dataset, passes[split], key, path)
                         self.status[split] = "built"
             entries[split] = path
         trainer.strategy.barrier("feature_cache")
@@ -270,17 +330,17 @@ class FeatureCache(Callback):
         for split, path in entries.items():
             self.status.setdefault(split, "reused")
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            sets[split] = CachedViews(stored["features"], stored["labels"], datamodule.seed)
+            sets[split] = CachedViews(stored["features"], stored["labels"], datamodule.seed, cut)
         return sets
 
-    def build(self, trainer, pl_module, dataset, passes: int, key: dict, path: Path) -> None:
+    def build(self, trainer, pl_module, cut: str, dataset, passes: int, key: dict, path: Path) -> None:
         start = time.perf_counter()
         # Fixed seed, forked RNG: augmented views are a function of the key alone, and building
         # (or not) leaves the training run's random stream untouched.
         with torch.random.fork_rng(devices=[]), eval_mode(pl_module.net):
             torch.manual_seed(0)
             features, labels = encode(
-                pl_module.backbone, dataset, passes, self.batch_size, trainer.datamodule.num_workers,
+                pl_module.backbone, cut, dataset, passes, self.batch_size, trainer.datamodule.num_workers,
                 pl_module.device, trainer.precision_plugin.forward_context,
             )
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -210,8 +210,8 @@ class ImageFolderDataModule(SeededLoaders):
 
     def val_dataloader(self) -> DataLoader:
         if self.cached:
-            # Validation of a head on cached inputs is one matrix product per batch: large
-            # batches only save per-step overhead (metrics average over images, not batches).
+            # The cache knows what its batches cost: a head alone validates in one product.
             cached = self.cached["val"]
-            return DataLoader(cached, max(self.batch_size, 1024), collate_fn=cached.collate)
+            batch_size = cached.eval_batch_size or self.batch_size
+            return DataLoader(cached, batch_size, collate_fn=cached.collate)
         return self._loader(self.val_set)

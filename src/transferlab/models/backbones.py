@@ -22,6 +22,7 @@ from typing import NamedTuple
 from urllib.parse import urlparse
 
 import torch
+import torch.fx
 import torchvision
 from torch import nn
 from torchvision import models as tvm
@@ -38,11 +39,17 @@ StateDict = dict[str, torch.Tensor]
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-class HeadInputs(NamedTuple):
-    """A batch of cached head inputs (the feature cache's), told apart from a batch of images."""
+class CachedInputs(NamedTuple):
+    """A batch of the feature cache's: the output of the frozen stages up to and including
+    `cut` (`head`: everything below the head, i.e. the head's input) instead of images."""
 
     features: torch.Tensor
     target: torch.Tensor
+    cut: str = HEAD
+
+
+class _Reached(Exception):
+    """Ends a forward pass once the output it was run for exists."""
 
 
 def stage_parameters(items: Iterable[StageItem]) -> list[nn.Parameter]:
@@ -70,6 +77,18 @@ def eval_mode(net: nn.Module):
             m.training = mode
 
 
+class _StageTracer(torch.fx.Tracer):
+    """Traces through containers but keeps every stage module whole, so a stage's output is one
+    node of the graph."""
+
+    def __init__(self, leaves: set[int]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return id(module) in self.leaves or super().is_leaf_module(module, qualified_name)
+
+
 class Backbone:
     """A network and what transferlab needs to know to fine-tune it (see the module docstring)."""
 
@@ -78,6 +97,7 @@ class Backbone:
     head_path: str
     task = "classification"
     _head_replay: list[nn.Module] | None = None
+    _tails: dict[str, nn.Module] | None = None
 
     def stages(self) -> Stages:
         raise NotImplementedError
@@ -112,6 +132,84 @@ class Backbone:
         for layer in self._head_replay:
             features = layer(features)
         return features
+
+    # --- cutting the network after a stage (the feature cache of a frozen prefix) ------------
+
+    def forward_until(self, cut: str, x: torch.Tensor) -> torch.Tensor:
+        """What the network computes from images `x` up to the end of stage `cut` (`head`: the
+        head's input); nothing after it runs."""
+        if cut == HEAD:
+            return self.forward_features(x)
+        captured: list[torch.Tensor] = []
+
+        def reached(_module, _args, output):
+            captured.append(output)
+            raise _Reached
+
+        hook = self._cut_module(cut).register_forward_hook(reached)
+        try:
+            self.net(x)
+        except _Reached:
+            pass
+        finally:
+            hook.remove()
+        return captured[0]
+
+    def forward_from(self, cut: str, features: torch.Tensor) -> torch.Tensor:
+        """The logits from what `forward_until(cut, ...)` returned."""
+        if cut == HEAD:
+            return self.forward_head(features)
+        return self.tail(cut)(features)
+
+    def _cut_module(self, cut: str) -> nn.Module:
+        modules = stage_modules(self.stages()[cut])
+        if not modules:
+            raise ConfigError(f"stage {cut} of {self.name} holds no module whose output could be cached")
+        return modules[-1]
+
+    def tail(self, cut: str) -> nn.Module:
+        """The network after stage `cut`, as a module taking that stage's output: the forward
+        pass traced with torch.fx (every stage module a leaf) and cut at the stage's last
+        module. It calls this network's own modules, so training it trains them. Refused when
+        something after the cut reads anything computed before it (a skip connection)."""
+        if self._tails is None:
+            self._tails = {}
+        if cut in self._tails:
+            return self._tails[cut]
+        module = self._cut_module(cut)
+        path = next(n for n, m in self.net.named_modules() if m is module)
+        leaves = {id(m) for items in self.stages().values() for m in stage_modules(items)}
+        try:
+            graph = _StageTracer(leaves).trace(self.net)
+        except Exception as err:  # fx raises many types on untraceable Python
+            raise ConfigError(f"{self.name} cannot be traced to cut it after {cut}: {err}") from None
+        [cut_node] = [n for n in graph.nodes if n.op == "call_module" and n.target == path]
+        after, stack = set(), [cut_node]
+        while stack:
+            for user in stack.pop().users:
+                if user not in after:
+                    after.add(user)
+                    stack.append(user)
+        tail = torch.fx.Graph()
+        copied = {cut_node: tail.placeholder("features")}
+        for node in graph.nodes:  # in execution order
+            if node not in after:
+                continue
+            for needed in node.all_input_nodes:
+                if needed in copied:
+                    continue
+                # Parameters and buffers, and optional forward arguments left at their default
+                # (timm's attention mask), do not depend on the images.
+                optional = needed.op == "placeholder" and bool(needed.args)
+                if needed.op != "get_attr" and not optional:
+                    raise ConfigError(
+                        f"{self.name} cannot run from the output of {cut}: {node.name} also reads "
+                        f"{needed.name}, computed before it"
+                    )
+                copied[needed] = tail.node_copy(needed)
+            copied[node] = tail.node_copy(node, copied.__getitem__)
+        self._tails[cut] = torch.fx.GraphModule(self.net, tail)
+        return self._tails[cut]
 
     def cache_blocker(self) -> str | None:
         """Why a cached head input would not equal what training computes, or None."""

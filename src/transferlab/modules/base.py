@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from transferlab.errors import ConfigError
 from transferlab.freeze import is_frozen
-from transferlab.models.backbones import Backbone, HeadInputs, Stages, stage_modules, stage_parameters
+from transferlab.models.backbones import Backbone, CachedInputs, Stages, stage_modules, stage_parameters
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class TransferModule(L.LightningModule):
         return self.net(x)
 
     def logits(self, batch) -> torch.Tensor:
-        """From images, or from the head's inputs when the batch is cached ones."""
-        if isinstance(batch, HeadInputs):
-            return self.backbone.forward_head(batch.features)
+        """From images, or from the feature cache's outputs of the frozen stages."""
+        if isinstance(batch, CachedInputs):
+            return self.backbone.forward_from(batch.cut, batch.features)
         return self(batch[0])
 
     def configure_callbacks(self):

@@ -28,7 +28,7 @@ from torchvision import datasets, models, transforms
 
 import transferlab.fit  # noqa: F401  (transferlab.train loads it only when a run starts)
 from transferlab.fast import cpu_has_bf16
-from transferlab.models.init import HeInit
+from transferlab.models.init import he_init
 from transferlab.train import main as transferlab_train
 
 TUTORIAL_MEAN, TUTORIAL_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -107,7 +107,7 @@ def plain_run(args, fixed_feature_extractor: bool) -> dict:
             param.requires_grad = False
     model.fc = nn.Linear(model.fc.in_features, 2)
     if not args.weights:
-        HeInit()(model, "resnet18")
+        he_init(model)
     model = model.to(device)
     params = model.fc.parameters() if fixed_feature_extractor else model.parameters()
     optimizer = optim.SGD(params, lr=0.001, momentum=0.9)

@@ -36,17 +36,22 @@ class HeInit(DefaultInit):
     name = "he"
 
     def __call__(self, backbone: Backbone) -> None:
-        for m in backbone.net.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                # fan_out for convs as torchvision does; fan_in for linears keeps the logits' scale
-                mode = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
-                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+        he_init(backbone.net)
+
+
+def he_init(net: nn.Module) -> None:
+    """`init=he` on any network (the benchmarks' plain loops use it on bare torchvision models)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            # fan_out for convs as torchvision does; fan_in for linears keeps the logits' scale
+            mode = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
 
 class Pretrained(DefaultInit):

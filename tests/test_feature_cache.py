@@ -81,7 +81,9 @@ def test_cached_head_gets_the_same_gradients_and_predictions(tmp_path, noisy_fol
 
     grads = {}
     for module, enabled in ((on_images, False), (on_cache, True)):
-        recorder, cache = HeadGradients(), FeatureCache(enabled=enabled, dir=tmp_path / "cache")
+        # fp32 entries: this is the exact-parity check (bf16 builds have their own test).
+        recorder = HeadGradients()
+        cache = FeatureCache(enabled=enabled, dir=tmp_path / "cache", bf16_tolerance=0)
         torch.manual_seed(1)  # same shuffles, same Dropout masks
         trainer = quiet_trainer(max_epochs=2, callbacks=[cache, recorder])
         trainer.fit(module, datamodule=datamodule(noisy_folder, size))
@@ -276,3 +278,30 @@ def test_parallel_jobs_build_a_shared_entry_once_and_read_it_whole(tmp_path, noi
     for split in ("train", "val"):
         assert sorted(r[split] for r in results) == ["built", "reused"], results
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes bf16 by emulation: fp32 builds only")
+def test_native_bf16_builds_stay_within_their_tolerance_of_fp32(tmp_path, noisy_folder, caplog):
+    torch.manual_seed(0)
+    module = classifier_module("resnet18", FEATURE_EXTRACTION)
+    entries = {}
+    for tolerance in (0.0, 0.05):
+        cache = FeatureCache(dir=tmp_path / str(tolerance), bf16_tolerance=tolerance)
+        with caplog.at_level(logging.INFO, logger="transferlab"):
+            quiet_trainer(max_epochs=1, callbacks=[cache]).fit(module, datamodule=datamodule(noisy_folder))
+        entries[tolerance] = torch.load(next((tmp_path / str(tolerance)).glob("val-*.pt")), weights_only=True)
+        assert cache.precision == ("32-true" if tolerance == 0 else "bf16-autocast")
+    assert "feature cache: building in bf16" in caplog.text
+    exact, fast = entries[0.0]["features"], entries[0.05]["features"]
+    assert float((fast - exact).norm() / exact.norm()) <= 0.05
+    assert not torch.equal(fast, exact)
+
+
+def test_bf16_is_refused_when_its_features_differ_beyond_the_tolerance(tmp_path, noisy_folder, caplog):
+    cache = FeatureCache(dir=tmp_path / "cache", bf16_tolerance=1e-9)
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        quiet_trainer(max_epochs=1, callbacks=[cache]).fit(
+            classifier_module("resnet18", FEATURE_EXTRACTION), datamodule=datamodule(noisy_folder))
+    assert cache.precision == "32-true"
+    if cpu_has_bf16():
+        assert "feature cache: building in fp32: bf16 features differ by" in caplog.text

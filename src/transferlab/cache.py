@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data.sampling import _mix
 from transferlab.errors import ConfigError
+from transferlab.fast import cpu_has_bf16
 from transferlab.models.backbones import HEAD, Backbone, CachedInputs, Stages, eval_mode
 
 log = logging.getLogger(__name__)
@@ -191,7 +194,7 @@ class FeatureCache(Callback):
 
     def __init__(
         self, enabled: bool = True, views: int = 0, dir: str = "outputs/cache", batch_size: int = 32,
-        max_gb: float = 4.0,
+        max_gb: float = 4.0, bf16_tolerance: float = 0.01,
     ):
         if views < 0:
             raise ValueError(f"feature cache views={views}: use 0 (no augmentation) or K > 0")
@@ -200,6 +203,8 @@ class FeatureCache(Callback):
         self.dir = Path(dir)
         self.batch_size = batch_size
         self.max_gb = max_gb
+        self.bf16_tolerance = bf16_tolerance
+        self.precision: str | None = None  # what the last fit's entries were built in
         self.cut: str | None = None  # the stage whose output the last fit trained on
         self.builds = 0  # entries computed rather than read, over this callback's life
         self.status: dict[str, str] = {}  # split -> "built" | "reused", for the last fit
@@ -298,13 +303,14 @@ class FeatureCache(Callback):
     def load_or_build(self, trainer: L.Trainer, pl_module: L.LightningModule, cut: str,
                       sources: dict[str, Dataset]) -> dict[str, Dataset]:
         datamodule, passes = trainer.datamodule, self._passes
+        self.precision, autocast = self.build_precision(trainer, pl_module, cut, sources["val"])
         common = {
             "format": CACHE_FORMAT,
             "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
             "network": digest(repr(pl_module.net)),
             "cut": cut,
             "weights": weights_digest(pl_module.stages, upto=cut),
-            "precision": str(trainer.precision),
+            "precision": self.precision,
         }
         entries = {}
         for split in SPLITS:
@@ -322,7 +328,7 @@ class FeatureCache(Callback):
                 # wait for it and read it whole.
                 with FileLock(path.with_suffix(".lock")):
                     if not path.is_file() or not readable(path):
-                        self.build(trainer, pl_module, cut, dataset, passes[split], key, path)
+                        self.build(trainer, pl_module, cut, dataset, passes[split], key, path, autocast)
                         self.status[split] = "built"
             entries[split] = path
         trainer.strategy.barrier("feature_cache")
@@ -333,7 +339,35 @@ class FeatureCache(Callback):
             sets[split] = CachedViews(stored["features"], stored["labels"], datamodule.seed, cut)
         return sets
 
-    def build(self, trainer, pl_module, cut: str, dataset, passes: int, key: dict, path: Path) -> None:
+    def build_precision(self, trainer, pl_module, cut: str, dataset) -> tuple[str, Callable]:
+        """The precision entries are built in, and its autocast: bf16 where the hardware computes
+        in bf16 natively, the run trains in fp32, the cache holds the head's input, and one
+        batch's features in bf16 are within `bf16_tolerance` (relative L2 norm) of fp32's.
+        Otherwise the run's own. (Stages that train after a deeper cut get fp32 inputs: their
+        BatchNorm would amplify the difference.)"""
+        own = str(trainer.precision), trainer.precision_plugin.forward_context
+        device, backbone = pl_module.device, pl_module.backbone
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+        if self.bf16_tolerance <= 0 or cut != HEAD or own[0] != "32-true" or not native:
+            return own
+        images = [dataset[i][0] for i in range(min(len(dataset), self.batch_size))]
+        x = torch.stack(images).to(device, memory_format=torch.channels_last)
+        bf16 = partial(torch.autocast, device.type, dtype=torch.bfloat16)
+        with torch.inference_mode(), eval_mode(backbone.net):
+            exact = backbone.forward_features(x).float()
+            with bf16():
+                fast = backbone.forward_features(x).float()
+        difference = float((fast - exact).norm() / exact.norm().clamp_min(1e-12))
+        if difference > self.bf16_tolerance:
+            log.info("feature cache: building in fp32: bf16 features differ by %.2g (relative) "
+                     "> bf16_tolerance=%g", difference, self.bf16_tolerance)
+            return own
+        log.info("feature cache: building in bf16 (native here; features within %.2g of fp32's "
+                 "on %d images, tolerance %g)", difference, len(x), self.bf16_tolerance)
+        return "bf16-autocast", bf16
+
+    def build(self, trainer, pl_module, cut: str, dataset, passes: int, key: dict, path: Path,
+              autocast: Callable) -> None:
         start = time.perf_counter()
         # Fixed seed, forked RNG: augmented views are a function of the key alone, and building
         # (or not) leaves the training run's random stream untouched.
@@ -341,7 +375,7 @@ class FeatureCache(Callback):
             torch.manual_seed(0)
             features, labels = encode(
                 pl_module.backbone, cut, dataset, passes, self.batch_size, trainer.datamodule.num_workers,
-                pl_module.device, trainer.precision_plugin.forward_context,
+                pl_module.device, autocast,
             )
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"features": features, "labels": labels, "key": key}, tmp)

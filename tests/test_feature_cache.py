@@ -15,6 +15,7 @@ from helpers import STRATEGY, classifier_module, composed, fit_head_on_cache, qu
 from transferlab.data.classification import ImageFolderDataModule
 from transferlab.fast import FastTraining, cpu_has_bf16, spare_cores
 from transferlab.cache import FeatureCache
+from transferlab.models.backbones import CachedInputs
 from transferlab.models.init import HeInit
 
 FEATURE_EXTRACTION = {"_target_": STRATEGY + "FeatureExtraction"}
@@ -305,3 +306,43 @@ def test_bf16_is_refused_when_its_features_differ_beyond_the_tolerance(tmp_path,
     assert cache.precision == "32-true"
     if cpu_has_bf16():
         assert "feature cache: building in fp32: bf16 features differ by" in caplog.text
+
+
+class BatchKinds(Callback):
+    """Per epoch: whether the training batches were cached inputs, and the head's gradients."""
+
+    def __init__(self):
+        self.kinds: dict[int, set[bool]] = {}
+        self.grads: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.kinds.setdefault(trainer.current_epoch, set()).add(isinstance(batch, CachedInputs))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grads.append(pl_module.backbone.head.weight.grad.clone())
+
+
+def test_gradual_trains_its_head_only_epochs_on_the_cache_then_images(tmp_path, noisy_folder, caplog):
+    torch.manual_seed(0)
+    # Head only in epoch 0; layer4 thaws in epoch 1, ..., the stem in epoch 5.
+    freeze = {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1, "unfreeze_every": 1}
+    on_images = classifier_module("resnet18", freeze, lr=0.01)
+    on_cache = copy.deepcopy(on_images)
+    runs = {}
+    for module, enabled in ((on_images, False), (on_cache, True)):
+        kinds = BatchKinds()
+        cache = FeatureCache(enabled=enabled, dir=tmp_path / "cache", bf16_tolerance=0)
+        dm = datamodule(noisy_folder)
+        torch.manual_seed(1)
+        with caplog.at_level(logging.INFO, logger="transferlab"):
+            # As conf/trainer/default.yaml sets it for gradual: the loaders are asked for again
+            # when the head-only epochs end.
+            quiet_trainer(max_epochs=6, reload_dataloaders_every_n_epochs=1,
+                          callbacks=[cache, kinds]).fit(module, datamodule=dm)
+        runs[enabled] = kinds
+    assert runs[True].kinds == {0: {True}} | {epoch: {False} for epoch in range(1, 6)}
+    assert cache.until == 1 and dm.cached is None
+    assert "feature cache: epoch 1 thaws a stage below the head; images from now on" in caplog.text
+    head_only = 3  # one epoch of three batches
+    for cached, uncached in zip(runs[True].grads[:head_only], runs[False].grads[:head_only]):
+        torch.testing.assert_close(cached, uncached, rtol=1e-4, atol=1e-5)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -35,19 +35,15 @@ CACHE_FORMAT = 2  # bump when the stored layout changes: old entries are then ne
 SPLITS = ("train", "val")
 
 
-def frozen_prefix(strategy, names: list[str], max_epochs: int | None) -> tuple[int, int | None]:
-    """How many leading stages below the head stay frozen in every epoch of the fit, and the
-    first epoch in which the next one trains (None: never)."""
-    # Strategies decide from the epoch alone; a run without an epoch limit is checked far out.
-    epochs = range(max_epochs) if max_epochs and max_epochs > 0 else (0, 10**6)
+def frozen_leading(strategy, names: list[str], epochs: Iterable[int]) -> dict[int, int]:
+    """Per epoch, how many stages from the input on are frozen (all of them below the head:
+    only the head trains)."""
     body = [n for n in names if n != HEAD]
-    count, first = len(body), None
+    counts = {}
     for epoch in epochs:
         frozen = strategy.frozen_stages(names, epoch)
-        leading = next((i for i, n in enumerate(body) if n not in frozen), len(body))
-        if leading < count:
-            count, first = leading, epoch
-    return count, first
+        counts[epoch] = next((i for i, n in enumerate(body) if n not in frozen), len(body))
+    return counts
 
 
 def weights_digest(stages: Stages, upto: str) -> str:
@@ -206,6 +202,7 @@ class FeatureCache(Callback):
         self.bf16_tolerance = bf16_tolerance
         self.precision: str | None = None  # what the last fit's entries were built in
         self.cut: str | None = None  # the stage whose output the last fit trained on
+        self.until: int | None = None  # the epoch the last fit went back to images, if it did
         self.builds = 0  # entries computed rather than read, over this callback's life
         self.status: dict[str, str] = {}  # split -> "built" | "reused", for the last fit
         self.active = False
@@ -234,6 +231,12 @@ class FeatureCache(Callback):
         log.info("feature cache on: %s (%s; in %s)", why,
                  ", ".join(f"{s} {self.status[s]}" for s in SPLITS), self.dir)
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.until is not None and trainer.current_epoch + 1 == self.until:
+            log.info("feature cache: epoch %d thaws a stage below the head; images from now on",
+                     self.until)
+            self.release()
+
     def on_fit_end(self, trainer, pl_module) -> None:
         self.release()
 
@@ -258,12 +261,31 @@ class FeatureCache(Callback):
             return None, "the images do not come from a transferlab classification datamodule"
         names = list(pl_module.stages)
         body = names[:-1]
-        count, epoch = frozen_prefix(strategy, names, trainer.max_epochs)
+        # Strategies decide from the epoch alone; a run without an epoch limit is checked far out.
+        start, end = trainer.current_epoch, trainer.max_epochs
+        epochs = range(start, end) if end and end > 0 else (start, 10**6)
+        leading = frozen_leading(strategy, names, epochs)
+        count = min(leading.values())
+        self.until = None
+        thaws = min((e for e, n in leading.items() if n < len(body)), default=None)
+        if count == 0 and thaws is not None and thaws > start:
+            # Head-only epochs first, then every stage trains (gradual unfreezing): cached until
+            # the first thaw, when the trainer asks for the loaders again (a public Trainer
+            # setting, conf/trainer/default.yaml sets it for gradual).
+            every = trainer.reload_dataloaders_every_n_epochs
+            if every and (thaws - start) % every == 0 and backbone.cache_blocker() is None:
+                self.until = thaws
+                return HEAD, (f"only the head trains until epoch {thaws}, on cached head inputs; "
+                              "images from then on")
+            log.info("feature cache: the head-only epochs before epoch %d could train on cached "
+                     "inputs with trainer.reload_dataloaders_every_n_epochs dividing %d",
+                     thaws, thaws - start)
         if count == len(body) and backbone.cache_blocker() is None:
             return HEAD, "only the head trains, on cached head inputs"
         if count == len(body):  # stateful layers in the head stage: cut below them instead
             log.info("feature cache: %s, so the cache ends at %s", backbone.cache_blocker(), body[-1])
         if count == 0:
+            epoch = min(e for e, n in leading.items() if n == 0)
             return None, (
                 f"{body[0]} trains from epoch {epoch} under {type(strategy).__name__}: no stage "
                 "stays frozen for the whole fit, so there is no fixed output to cache"

@@ -116,11 +116,26 @@ class Backbone:
         return [*dropouts, self.head]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's input for images `x`, as the full forward pass computes it."""
+        """The head's input for images `x`, as the forward pass computes it (the head does not
+        run)."""
+        return self._run_to(self.head, x, its_input=True)
+
+    def _run_to(self, module: nn.Module, x: torch.Tensor, its_input: bool) -> torch.Tensor:
+        """The forward pass on `x` as far as `module`: its input or its output, then stop."""
         captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+
+        def reached(_module, args, output=None):
+            captured.append(args[0] if its_input else output)
+            raise _Reached
+
+        if its_input:
+            hook = module.register_forward_pre_hook(reached)
+        else:
+            hook = module.register_forward_hook(reached)
         try:
             self.net(x)
+        except _Reached:
+            pass
         finally:
             hook.remove()
         return captured[0]
@@ -140,20 +155,7 @@ class Backbone:
         head's input); nothing after it runs."""
         if cut == HEAD:
             return self.forward_features(x)
-        captured: list[torch.Tensor] = []
-
-        def reached(_module, _args, output):
-            captured.append(output)
-            raise _Reached
-
-        hook = self._cut_module(cut).register_forward_hook(reached)
-        try:
-            self.net(x)
-        except _Reached:
-            pass
-        finally:
-            hook.remove()
-        return captured[0]
+        return self._run_to(self._cut_module(cut), x, its_input=False)
 
     def forward_from(self, cut: str, features: torch.Tensor) -> torch.Tensor:
         """The logits from what `forward_until(cut, ...)` returned."""

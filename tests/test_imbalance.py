@@ -170,7 +170,7 @@ def test_a_stopped_early_balanced_weighted_run_resumes_bit_identically(tmp_path)
     expected, got = read_summary(straight / "summary.json"), read_summary(resumed / "summary.json")
     assert expected["stopped_epoch"] == got["stopped_epoch"] == 2
     assert [h["epoch"] for h in got["history"]] == [0, 1, 2]
-    for key in ("val/balanced_acc", "val/acc", "val/loss"):
+    for key in ("val/balanced_acc", "val/acc", "val/loss", "train/loss"):
         assert [h[key] for h in got["history"]] == [h[key] for h in expected["history"]], key
     (hparams, a), (_, b) = weights(straight), weights(resumed)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -52,15 +52,18 @@ class ClassificationModule(TransferModule):
     def training_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]
         loss = self.criterion(logits, y)
-        # update(), not __call__, and logged once at epoch end: per-batch values are never
-        # shown, and computing or logging them costs more than a whole step on cached features.
+        # update(), not __call__, and logged once per epoch: per-batch values are never shown,
+        # and computing or logging them costs more than a whole step on cached features.
         # Losses average over images.
         self.train_loss.update(loss.detach(), weight=len(y))
         self.train_acc.update(logits, y)
+        if batch_idx == 0:
+            # Logging a metric object hands Lightning the object; it computes the epoch's value
+            # before any callback's on_train_epoch_end. Logged from the module's own
+            # on_train_epoch_end, it would arrive after RunSummary recorded the epoch.
+            self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc},
+                          on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc}, prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from transferlab.summary import update_summary
@@ -51,6 +52,16 @@ def peak_memory_mb() -> dict[str, float]:
 
 def _floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def stopped_epoch(trainer: L.Trainer) -> int | None:
+    """The epoch after which early stopping ended the run; None when it has not (or there is no
+    early stopping). Lightning keeps this in the callback's checkpointed state, so a resumed run
+    reports it too."""
+    for callback in trainer.early_stopping_callbacks:
+        if callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            return callback.stopped_epoch
+    return None
 
 
 class RunSummary(Callback):
@@ -97,6 +108,7 @@ class RunSummary(Callback):
             peak_memory=peak_memory_mb(),
             history=self.history,
             best_checkpoint=self.best_checkpoint(trainer),
+            stopped_epoch=stopped_epoch(trainer),
             **extra,
         )
 

@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.callbacks import EpochSeed, RunSummary
+from transferlab.class_weights import decide_class_weights, describe
 from transferlab.console import quiet_libraries
 from transferlab.data.images import write_bad_files
 from transferlab.data.splits import write_record
@@ -79,6 +80,15 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
         )
 
 
+def check_monitor(monitor: str, model) -> None:
+    """The monitor picks checkpoints and stops early; Lightning would only find it missing after
+    the first epoch."""
+    known = model.monitorable()
+    if monitor not in known:
+        raise ConfigError(f"monitor={monitor} is not a metric a {model.task} run logs; choose one "
+                          f"of {', '.join(known)} (and monitor_mode=max or min to match)")
+
+
 def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float | None:
     """The best monitor value, which a Hydra sweeper that optimises (Optuna, Ax) reads."""
     quiet_libraries()
@@ -107,6 +117,11 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float 
         )
     # Plain dicts, not DictConfigs, so checkpoints load anywhere with weights_only=True.
     model_args = plain(cfg.model)
+    if "class_weights" in model_args:
+        model_args["class_weights"] = decide_class_weights(
+            model_args["class_weights"], datamodule.train_class_counts(), list(datamodule.classes))
+        log.info("class weights in the loss (model.class_weights=%s): %s", cfg.model.class_weights,
+                 describe(model_args["class_weights"], list(datamodule.classes)))
     model = get_class(model_args.pop("_target_"))(
         **model_args | {"num_classes": num_classes},
         backbone=plain(cfg.backbone),
@@ -117,6 +132,7 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float 
         preprocess=datamodule.preprocess,
     )
     model.backbone.check_image_size(datamodule.image_size)
+    check_monitor(cfg.monitor, model)
     init(model.backbone)
 
     summary = RunSummary(

@@ -11,9 +11,9 @@ from torchvision.transforms import v2
 
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
-from transferlab.data.sampling import EpochShuffle, SeededLoaders
+from transferlab.data.sampling import ClassBalanced, EpochSampler, SeededLoaders
 from transferlab.data.splits import Item, identical_files
-from transferlab.errors import DataError
+from transferlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def class_folders(split_dir: Path) -> list[str]:
 
 
 SPLIT_FOLDERS = ("train", "val", "test")  # never class names: in one folder, test/ is the test split
+SAMPLERS = ("shuffle", "balanced")  # data.sampler
 
 
 class ImageFolderDataModule(SeededLoaders):
@@ -80,9 +81,13 @@ class ImageFolderDataModule(SeededLoaders):
         image_size: int = 224,
         download_url: str | None = None,
         download_md5: str | None = None,
+        sampler: str = "shuffle",
         **common,
     ):
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"data.sampler={sampler}: choose one of {', '.join(SAMPLERS)}")
         super().__init__(root, image_size=image_size, **common)
+        self.sampler = sampler
         self.download_url = download_url
         self.download_md5 = download_md5
         self.classes: list[str] = []
@@ -199,12 +204,24 @@ class ImageFolderDataModule(SeededLoaders):
         """Serve these in-memory datasets (split -> dataset) instead of the images; None: images."""
         self.cached = sets
 
+    def train_class_counts(self) -> list[int]:
+        """Training images per class, in class order."""
+        labels = [label for _, label in self.train_set.samples]
+        return [labels.count(c) for c in range(len(self.classes))]
+
+    def train_sampler(self, size: int) -> EpochSampler:
+        if self.sampler == "balanced":
+            # The cached train set keeps the order of train_set.samples, so these labels fit both.
+            return ClassBalanced([label for _, label in self.train_set.samples], self.seed,
+                                 self._current_epoch)
+        return super().train_sampler(size)
+
     def train_dataloader(self) -> DataLoader:
         if self.cached:
             # In-memory tensors that draw their own views: no per-sample seeding, no worker
             # process (it would only copy them), whole batches at a time.
             cached = self.cached["train"]
-            sampler = EpochShuffle(len(cached), self.seed, self._current_epoch)
+            sampler = self.train_sampler(len(cached))
             return DataLoader(cached, self.batch_size, sampler=sampler, collate_fn=cached.collate)
         return self._seeded_loader(self.train_set)
 

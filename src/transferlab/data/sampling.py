@@ -27,8 +27,9 @@ def _mix(*numbers: int) -> int:
     return int(torch.randint(2**62, (1,), generator=g))
 
 
-class EpochShuffle(Sampler):
-    """A new permutation every epoch; yields (index, epoch) so the dataset can seed the sample.
+class EpochSampler(Sampler):
+    """Yields (index, epoch) so the dataset can seed the sample; the order is a function of
+    (seed, epoch) alone.
 
     The epoch is read when iteration starts (`current_epoch`, e.g. the trainer's), so it is right
     on the first epoch after a resume and under Lightning's distributed sampler wrapper alike.
@@ -42,10 +43,45 @@ class EpochShuffle(Sampler):
     def __len__(self) -> int:
         return self.size
 
+    def order(self, g: torch.Generator) -> list[int]:
+        raise NotImplementedError
+
     def __iter__(self):
         epoch = self.current_epoch()
         g = torch.Generator().manual_seed(_mix(self.seed, epoch))
-        return iter([(i, epoch) for i in torch.randperm(self.size, generator=g).tolist()])
+        return iter([(i, epoch) for i in self.order(g)])
+
+
+class EpochShuffle(EpochSampler):
+    """A new permutation every epoch (`data.sampler=shuffle`)."""
+
+    def order(self, g: torch.Generator) -> list[int]:
+        return torch.randperm(self.size, generator=g).tolist()
+
+
+class ClassBalanced(EpochSampler):
+    """`data.sampler=balanced`: every class drawn equally often, as many draws as training
+    samples per epoch, with replacement (a rare class's images repeat, a common class's are
+    subsampled).
+
+    Each class gets `size // classes` draws and a random `size % classes` of them one more, so the
+    counts differ by one at most rather than by the luck of a weighted draw.
+    """
+
+    def __init__(self, labels: list[int], seed: int, current_epoch: Callable[[], int]):
+        super().__init__(len(labels), seed, current_epoch)
+        by_class: dict[int, list[int]] = {}
+        for i, label in enumerate(labels):
+            by_class.setdefault(label, []).append(i)
+        self.members = [torch.tensor(by_class[c]) for c in sorted(by_class)]
+
+    def order(self, g: torch.Generator) -> list[int]:
+        n_classes = len(self.members)
+        quota = torch.full((n_classes,), self.size // n_classes)
+        quota[torch.randperm(n_classes, generator=g)[: self.size % n_classes]] += 1
+        draws = torch.cat([members[torch.randint(len(members), (int(k),), generator=g)]
+                           for members, k in zip(self.members, quota)])
+        return draws[torch.randperm(self.size, generator=g)].tolist()
 
 
 class SeededSamples(Dataset):
@@ -152,8 +188,12 @@ class SeededLoaders(L.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
+    def train_sampler(self, size: int) -> EpochSampler:
+        """The order of the training samples; `size`: the training set's length."""
+        return EpochShuffle(size, self.seed, self._current_epoch)
+
     def _seeded_loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        sampler = EpochShuffle(len(dataset), self.seed, self._current_epoch)
+        sampler = self.train_sampler(len(dataset))
         return self._loader(SeededSamples(dataset, self.seed), sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:

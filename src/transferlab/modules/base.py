@@ -52,6 +52,10 @@ class TransferModule(L.LightningModule):
         self.freeze_strategy.validate(list(self.stages))
         self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
 
+    def monitorable(self) -> list[str]:
+        """The metrics this module logs every epoch: what `monitor=` may name."""
+        raise NotImplementedError
+
     def net_outputs(self, num_classes: int) -> int:
         return num_classes
 

@@ -5,6 +5,7 @@ matplotlib.use("Agg")  # figures go to TensorBoard, never to a screen
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -20,17 +21,30 @@ class ClassificationModule(TransferModule):
 
     task = "classification"
 
-    def __init__(self, **common):
+    def __init__(self, *, class_weights: list[float] | None = None, **common):
+        """`class_weights`: one loss weight per class (`transferlab.class_weights` decides them),
+        None for plain cross-entropy. Train, val and test losses use the same weights."""
         super().__init__(**common)
         num_classes = self.hparams.num_classes
-        self.criterion = nn.CrossEntropyLoss()
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        # Not persistent: the weights are in the hparams already, and checkpoints keep the same
+        # keys whichever weights a run used.
+        self.register_buffer("class_weight", weight, persistent=False)
         self.train_loss = MeanMetric()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_balanced_acc = MulticlassAccuracy(num_classes, average="macro")  # mean recall
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
+
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=self.class_weight)
+
+    def monitorable(self) -> list[str]:
+        return ["val/acc", "val/balanced_acc", "val/f1", "val/loss", "val/acc_best", "train/loss",
+                "train/acc"]
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check
@@ -38,14 +52,15 @@ class ClassificationModule(TransferModule):
     def training_step(self, batch, batch_idx):
         logits, y = self.logits(batch), batch[1]
         loss = self.criterion(logits, y)
-        # update(), not __call__, and handed to the logger once, at the epoch's last step (it
-        # computes them over the whole epoch then): per-batch values are never shown, and
-        # computing or logging them costs more than a whole step on cached features. Not in
-        # on_train_epoch_end: that runs after the callbacks' (the run summary's) hook.
+        # update(), not __call__, and logged once per epoch: per-batch values are never shown,
+        # and computing or logging them costs more than a whole step on cached features.
         # Losses average over images.
         self.train_loss.update(loss.detach(), weight=len(y))
         self.train_acc.update(logits, y)
-        if batch_idx + 1 == self.trainer.num_training_batches:
+        if batch_idx == 0:
+            # Logging a metric object hands Lightning the object; it computes the epoch's value
+            # before any callback's on_train_epoch_end. Logged from the module's own
+            # on_train_epoch_end, it would arrive after RunSummary recorded the epoch.
             self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc},
                           on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -54,10 +69,12 @@ class ClassificationModule(TransferModule):
         logits, y = self.logits(batch), batch[1]
         self.val_loss.update(self.criterion(logits, y), weight=len(y))
         self.val_acc.update(logits, y)
+        self.val_balanced_acc.update(logits, y)
         self.val_f1.update(logits, y)
         self.val_confmat.update(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        self.log("val/balanced_acc", self.val_balanced_acc, on_epoch=True)
         self.log("val/f1", self.val_f1, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:

@@ -82,6 +82,11 @@ class SegmentationModule(TransferModule):
         self.log("train/dice", self.train_dice, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def monitorable(self) -> list[str]:
+        per_class = [f"val/{m}/{name}" for name in self.class_names for m in ("dice", "iou")]
+        return ["val/dice", "val/iou", "val/loss", "val/dice_best", *per_class, "train/loss",
+                "train/dice"]
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)

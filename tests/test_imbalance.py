@@ -109,11 +109,11 @@ def test_train_loader_serves_the_sampler_on_images_and_on_cached_features(tmp_pa
                                  batch_size=4, num_workers=0, sampler=sampler)
     data.setup("fit")
     assert data.train_class_counts() == [9, 3]
-    assert Counter(int(label) for _, y in data.train_dataloader() for label in y) == expected
+    assert Counter(int(label) for batch in data.train_dataloader() for label in batch[1]) == expected
     labels = torch.tensor([label for _, label in data.train_set.samples])
     data.use_cached({"train": CachedViews(torch.randn(1, 12, 8), labels),
                      "val": CachedViews(torch.randn(1, 5, 8), torch.zeros(5, dtype=torch.long))})
-    assert Counter(int(label) for _, y in data.train_dataloader() for label in y) == expected
+    assert Counter(int(label) for batch in data.train_dataloader() for label in batch[1]) == expected
 
 
 def test_an_unknown_sampler_is_a_config_error(tmp_path):

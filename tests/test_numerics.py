@@ -25,7 +25,8 @@ class NanAfter(nn.Module):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     module = classifier_module("resnet18")
-    module.criterion = NanAfter(after=3)  # steps 0-2 fine (epochs 0-2), step 3 NaN
+    nan_after = NanAfter(after=3)  # steps 0-2 fine (epochs 0-2), step 3 NaN
+    module.criterion = nan_after.forward  # an instance attribute: it shadows the module's method
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = quiet_trainer(max_epochs=5, limit_val_batches=0, enable_checkpointing=True,
                             callbacks=[ckpt, NonFiniteLossGuard()])

@@ -193,7 +193,7 @@ class TrainableGradients(Callback):
 @pytest.mark.parametrize("backbone,size,frozen,args", [
     ("resnet18", 32, 3, {}),                     # cut after layer2: layer3, layer4, head train
     ("mobilenet_v2", 32, 10, {}),                # features.10..18 and a Dropout head train
-    ("vit_b_16", 32, 4, {"image_size": 32}),     # cut after block3 (stem's tokens included)
+    ("timm/deit_tiny_patch16_224", 32, 4, {"img_size": 32}),  # cut after blocks.2, tokens in the stem
 ])
 def test_a_frozen_prefix_cache_gives_the_same_gradients_and_predictions(
     tmp_path, noisy_folder, backbone, size, frozen, args

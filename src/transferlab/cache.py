@@ -205,23 +205,22 @@ class FeatureCache(Callback):
         self.until: int | None = None  # the epoch the last fit went back to images, if it did
         self.builds = 0  # entries computed rather than read, over this callback's life
         self.status: dict[str, str] = {}  # split -> "built" | "reused", for the last fit
-        self.active = False
-        self._datamodule = None
+        self._datamodule = None  # the datamodule serving cached tensors, while one does
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.status, self.cut = {}, None
-        cut, why = self.plan(trainer, pl_module)
+        cut, why, self.until = self.plan(trainer, pl_module)
         if cut is None:
             log.info("feature cache off: %s", why)
             return
-        sources = self.sources(trainer.datamodule)
-        too_big = self.too_big(pl_module.backbone, cut, sources)
+        sources, passes = self.sources(trainer.datamodule)
+        too_big = self.too_big(pl_module.backbone, cut, sources, passes)
         if too_big:
             log.info("feature cache off: %s", too_big)
             return
-        sets = self.load_or_build(trainer, pl_module, cut, sources)
+        sets = self.load_or_build(trainer, pl_module, cut, sources, passes)
         trainer.datamodule.use_cached(sets)
-        self.active, self._datamodule, self.cut = True, trainer.datamodule, cut
+        self._datamodule, self.cut = trainer.datamodule, cut
         self._threads = torch.get_num_threads()
         if cut == HEAD:
             # A head on cached inputs is a few tiny matrix products: extra OpenMP threads only
@@ -245,20 +244,21 @@ class FeatureCache(Callback):
 
     def release(self) -> None:
         """Images again: later validate/predict calls and the next fit see the real data."""
-        if self.active:
+        if self._datamodule is not None:
             self._datamodule.use_cached(None)
             torch.set_num_threads(self._threads)
-        self.active, self._datamodule = False, None
+        self._datamodule = None
 
-    def plan(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str | None, str]:
-        """(cut, what trains on it), or (None, why the cache stays off)."""
+    def plan(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str | None, str, int | None]:
+        """(cut, what trains on it, the epoch to go back to images or None), or (None, why the
+        cache stays off, None)."""
         if not self.enabled:
-            return None, "disabled (cache=off)"
+            return None, "disabled (cache=off)", None
         backbone, strategy = getattr(pl_module, "backbone", None), getattr(pl_module, "freeze_strategy", None)
         if not isinstance(backbone, Backbone) or strategy is None:
-            return None, f"{type(pl_module).__name__} is no transferlab module with a backbone"
+            return None, f"{type(pl_module).__name__} is no transferlab module with a backbone", None
         if not hasattr(trainer.datamodule, "use_cached"):
-            return None, "the images do not come from a transferlab classification datamodule"
+            return None, "the images do not come from a transferlab classification datamodule", None
         names = list(pl_module.stages)
         body = names[:-1]
         # Strategies decide from the epoch alone; a run without an epoch limit is checked far out.
@@ -266,7 +266,6 @@ class FeatureCache(Callback):
         epochs = range(start, end) if end and end > 0 else (start, 10**6)
         leading = frozen_leading(strategy, names, epochs)
         count = min(leading.values())
-        self.until = None
         thaws = min((e for e, n in leading.items() if n < len(body)), default=None)
         if count == 0 and thaws is not None and thaws > start:
             # Head-only epochs first, then every stage trains (gradual unfreezing): cached until
@@ -274,14 +273,13 @@ class FeatureCache(Callback):
             # setting, conf/trainer/default.yaml sets it for gradual).
             every = trainer.reload_dataloaders_every_n_epochs
             if every and (thaws - start) % every == 0 and backbone.cache_blocker() is None:
-                self.until = thaws
                 return HEAD, (f"only the head trains until epoch {thaws}, on cached head inputs; "
-                              "images from then on")
+                              "images from then on"), thaws
             log.info("feature cache: the head-only epochs before epoch %d could train on cached "
                      "inputs with trainer.reload_dataloaders_every_n_epochs dividing %d",
                      thaws, thaws - start)
         if count == len(body) and backbone.cache_blocker() is None:
-            return HEAD, "only the head trains, on cached head inputs"
+            return HEAD, "only the head trains, on cached head inputs", None
         if count == len(body):  # stateful layers in the head stage: cut below them instead
             log.info("feature cache: %s, so the cache ends at %s", backbone.cache_blocker(), body[-1])
         if count == 0:
@@ -289,16 +287,17 @@ class FeatureCache(Callback):
             return None, (
                 f"{body[0]} trains from epoch {epoch} under {type(strategy).__name__}: no stage "
                 "stays frozen for the whole fit, so there is no fixed output to cache"
-            )
+            ), None
         cut = body[count - 1]
         try:
             backbone.tail(cut)
         except ConfigError as err:
-            return None, str(err)
+            return None, str(err), None
         return cut, (f"{', '.join(body[:count])} stay frozen; {', '.join(names[count:])} "
-                     f"train on the cached output of {cut}")
+                     f"train on the cached output of {cut}"), None
 
-    def sources(self, datamodule) -> dict[str, Dataset]:
+    def sources(self, datamodule) -> tuple[dict[str, Dataset], dict[str, int]]:
+        """The image sets to encode per split, and how many passes over each."""
         augmented = self.views > 0 and datamodule.augment
         if self.views > 0 and not datamodule.augment:
             log.info("feature cache: views=%d ignored, data.augment=false makes all views equal", self.views)
@@ -307,15 +306,16 @@ class FeatureCache(Callback):
                 "feature cache: train features come from the val transform, so data.augment is not "
                 "applied (callbacks.feature_cache.views=K caches K augmented views per image)"
             )
-        self._passes = {"train": self.views if augmented else 1, "val": 1}
-        return datamodule.feature_sources(augmented=augmented)
+        passes = {"train": self.views if augmented else 1, "val": 1}
+        return datamodule.feature_sources(augmented=augmented), passes
 
-    def too_big(self, backbone: Backbone, cut: str, sources: dict[str, Dataset]) -> str | None:
+    def too_big(self, backbone: Backbone, cut: str, sources: dict[str, Dataset],
+                passes: dict[str, int]) -> str | None:
         """Why the entries would exceed `max_gb`, from the output of one image; else None."""
         with torch.inference_mode(), eval_mode(backbone.net):
             device = next(backbone.net.parameters()).device
             numel = backbone.forward_until(cut, sources["val"][0][0][None].to(device)).numel()
-        images = sum(len(sources[split]) * self._passes[split] for split in SPLITS)
+        images = sum(len(sources[split]) * passes[split] for split in SPLITS)
         size_gb = numel * 4 * images / 1e9
         if size_gb <= self.max_gb:
             return None
@@ -323,8 +323,8 @@ class FeatureCache(Callback):
                 f"would take {size_gb:.1f} GB > callbacks.feature_cache.max_gb={self.max_gb}")
 
     def load_or_build(self, trainer: L.Trainer, pl_module: L.LightningModule, cut: str,
-                      sources: dict[str, Dataset]) -> dict[str, Dataset]:
-        datamodule, passes = trainer.datamodule, self._passes
+                      sources: dict[str, Dataset], passes: dict[str, int]) -> dict[str, Dataset]:
+        datamodule = trainer.datamodule
         self.precision, autocast = self.build_precision(trainer, pl_module, cut, sources["val"])
         common = {
             "format": CACHE_FORMAT,

@@ -1,15 +1,18 @@
 """The strategy sweep, timed whole: four plain PyTorch loops written the tutorial's way (one per
-freeze strategy, each freezing what transferlab's default for that strategy freezes) against one
-`transferlab-train -m freeze=feature_extraction,partial,full,gradual` sweep with the defaults:
-same data, seed, initialisation, optimizer, schedule and epochs.
+freeze strategy, each freezing what transferlab's default for that strategy freezes) against
+`transferlab-train -m freeze=feature_extraction,partial,full,gradual` sweeps: one with the
+defaults, one with `trainer=fast` at the same batch size. Same data, seeds, initialisation,
+optimizer, schedule and epochs.
 
-    python scripts/bench_sweep.py --quick            # minutes: 3 epochs at 112 px
-    python scripts/bench_sweep.py --epochs 10        # the issue's setting: 224 px
+    python scripts/bench_sweep.py --quick                   # minutes: 3 epochs at 112 px
+    python scripts/bench_sweep.py --epochs 10               # the issue's setting: 224 px
+    python scripts/bench_sweep.py --quick --seeds 0,1,2     # accuracy against the seed spread
 
-Per strategy it prints the wall time of each side after imports (the plain loop's inside its
-process, the sweep job's from its train.log), the ratio, and best / last val accuracy side by
-side; then the whole sweep's ratio, after imports and as whole processes. One seed: the accuracy
-columns say whether the two sides learn alike, not which strategy wins.
+Per strategy and sweep it prints the wall time of each side after imports (the plain loop's
+inside its process, the sweep job's from its train.log), the ratio, and best val accuracy side
+by side; then each whole sweep's ratio, after imports and as whole processes. With several
+seeds, times are summed over seeds, accuracies are mean +- std, and a column says whether the
+sweep's mean lies within the plain loop's seed range.
 """
 
 import argparse
@@ -32,9 +35,9 @@ from transferlab.models.init import he_init
 
 STRATEGIES = ("feature_extraction", "partial", "full", "gradual")
 # transferlab's defaults, mirrored by the plain loops (conf/freeze/*.yaml, optimizer/sgd,
-# scheduler/step): partial freezes the first 3 stages; gradual trains the head alone for 3
-# epochs, then thaws one stage top-down every 2, the newest at 0.1 x LR and each deeper 0.5 x that.
-PARTIAL_FROZEN = 3
+# scheduler/step): partial freezes all stages below the head but the last (layer4 and the head
+# train); gradual trains the head alone for 3 epochs, then thaws one stage top-down every 2, the
+# newest at 0.1 x LR and each deeper 0.5 x that.
 HEAD_EPOCHS, UNFREEZE_EVERY, BACKBONE_LR_MULT, STAGE_LR_DECAY = 3, 2, 0.1, 0.5
 LR, MOMENTUM, STEP_SIZE, GAMMA = 0.001, 0.9, 7, 0.1
 
@@ -51,7 +54,7 @@ def frozen_count(strategy: str, epoch: int, body: int) -> int:
     if strategy == "feature_extraction":
         return body
     if strategy == "partial":
-        return PARTIAL_FROZEN
+        return body - 1
     if strategy == "full":
         return 0
     if epoch < HEAD_EPOCHS:
@@ -81,10 +84,13 @@ def plain_run(args) -> dict:
     accuracies = []
     for epoch in range(args.epochs):
         frozen = frozen_count(args.strategy, epoch, body)
-        for i, stage in enumerate(stages):
-            for p in (p for m in stage for p in m.parameters()):
-                p.requires_grad_(i >= frozen)
         model.train()
+        # Frozen as transferlab freezes (and a careful plain loop): no gradients, and BatchNorm
+        # on its running statistics (the tutorial's frozen layers keep training theirs).
+        for i, stage in enumerate(stages):
+            for m in stage:
+                m.train(i >= frozen)
+                m.requires_grad_(i >= frozen)
         for inputs, labels in loaders["train"]:
             optimizer.zero_grad()
             loss = criterion(model(inputs), labels)
@@ -100,7 +106,12 @@ def plain_run(args) -> dict:
     return {"best": max(accuracies), "last": accuracies[-1]}
 
 
-# ---- the sweep ----------------------------------------------------------------------------------
+# ---- the sweeps ---------------------------------------------------------------------------------
+
+# What each transferlab sweep adds to the defaults. trainer=fast keeps the plain loops' batch of
+# 4, so both sides take the same optimizer steps: what differs is numerics and memory layout.
+PRESETS = {"default": [], "fast": ["trainer=fast", "data.batch_size=4"]}
+
 
 def log_span(log: Path) -> float:
     """Seconds from a job's first to its last log line (Hydra stamps each with the time)."""
@@ -109,81 +120,104 @@ def log_span(log: Path) -> float:
     return (last - first).total_seconds()
 
 
-def sweep(args) -> tuple[dict, float]:
-    sweep_dir = args.out / "sweep"
+def sweep(args, preset: str) -> tuple[dict, float]:
+    """{(strategy, seed): result} of one `-m` sweep, and the sweep's whole process time."""
+    sweep_dir = args.out / f"sweep_{preset}"
     init = ["init=pretrained", f"init.weights_path={args.weights}"] if args.weights else ["init=he"]
     # The command of the environment this script runs in, as a user of that venv types it.
     beside = Path(sys.executable).with_name("transferlab-train")
     cmd = [
-        str(beside) if beside.is_file() else "transferlab-train", "-m", f"freeze={','.join(STRATEGIES)}", f"data.root={args.data}",
-        *init, f"seed={args.seed}", f"trainer.max_epochs={args.epochs}",
-        f"data.image_size={args.image_size}", f"hydra.sweep.dir={sweep_dir}",
-        f"callbacks.feature_cache.dir={args.out / 'cache'}", "callbacks.progress_bar.refresh_rate=0",
+        str(beside) if beside.is_file() else "transferlab-train", "-m", f"freeze={','.join(STRATEGIES)}",
+        f"seed={','.join(map(str, args.seeds))}", f"data.root={args.data}", *init,
+        f"trainer.max_epochs={args.epochs}", f"data.image_size={args.image_size}", *PRESETS[preset],
+        f"hydra.sweep.dir={sweep_dir}", f"callbacks.feature_cache.dir={args.out / 'cache'}",
+        "callbacks.progress_bar.refresh_rate=0",
     ]
-    print("running the transferlab sweep ...", file=sys.stderr, flush=True)
+    print(f"running the transferlab sweep ({preset}) ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with open(args.out / "sweep.log", "w") as log:
+    with open(args.out / f"sweep_{preset}.log", "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False, cwd=args.out)
     process_s = time.perf_counter() - start
     if done.returncode != 0:
-        sys.exit(f"the sweep failed; see {args.out / 'sweep.log'}")
+        sys.exit(f"the {preset} sweep failed; see {args.out / f'sweep_{preset}.log'}")
     jobs = {}
     for job in sweep_dir.iterdir():
         if not (job / "summary.json").is_file():
             continue
         summary = json.loads((job / "summary.json").read_text())
-        history = [h.get("val/acc") for h in summary["history"]]
-        jobs[summary["choices"]["freeze"]] = {
-            "wall_s": log_span(job / "train.log"), "best": summary["best"], "last": history[-1],
-        }
+        key = summary["choices"]["freeze"], int(summary["hparams"]["seed"])
+        jobs[key] = {"wall_s": log_span(job / "train.log"), "best": summary["best"]}
     return jobs, process_s
 
 
 # ---- the parent ---------------------------------------------------------------------------------
 
-def spawn_plain(args, strategy: str) -> dict:
-    result = args.out / f"plain_{strategy}.json"
+def spawn_plain(args, strategy: str, seed: int) -> dict:
+    name = f"plain_{strategy}_seed{seed}"
+    result = args.out / f"{name}.json"
     cmd = [sys.executable, __file__, "--strategy", strategy, "--result", str(result),
            "--data", str(args.data), "--epochs", str(args.epochs), "--image-size", str(args.image_size),
-           "--seed", str(args.seed), "--out", str(args.out),
+           "--seeds", str(seed), "--out", str(args.out),
            *(["--weights", str(args.weights)] if args.weights else [])]
-    print(f"running the plain {strategy} loop ...", file=sys.stderr, flush=True)
+    print(f"running the plain {strategy} loop, seed {seed} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with open(args.out / f"plain_{strategy}.log", "w") as log:
+    with open(args.out / f"{name}.log", "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
-        sys.exit(f"plain {strategy} failed; see {args.out / f'plain_{strategy}.log'}")
+        sys.exit(f"plain {strategy} failed; see {args.out / f'{name}.log'}")
     return json.loads(result.read_text()) | {"process_s": time.perf_counter() - start}
 
 
 def run_child(args) -> None:
     start = time.perf_counter()
+    args.seed = args.seeds[0]
     result = plain_run(args)
     args.result.write_text(json.dumps(result | {"wall_s": time.perf_counter() - start}))
 
 
-def report(args, plain: dict, lab: dict, lab_process_s: float) -> None:
+def accuracy(runs: list[dict]) -> str:
+    bests = torch.tensor([r["best"] for r in runs], dtype=torch.float64)
+    return f"{bests.mean():.3f}" + (f" ± {bests.std():.3f}" if len(bests) > 1 else "")
+
+
+def report(args, plain: dict, labs: dict) -> None:
     print(f"machine: {machine()}")
-    print(f"data: {args.data}; {args.epochs} epochs at {args.image_size} px, batch 4; seed {args.seed}; "
-          f"init {args.weights or 'he'} on both sides; cold feature cache\n")
-    columns = ["strategy", "plain s", "transferlab s", "ratio", "best val acc plain / lab",
-               "last val acc plain / lab"]
+    print(f"data: {args.data}; {args.epochs} epochs at {args.image_size} px, batch 4; seeds "
+          f"{', '.join(map(str, args.seeds))}; init {args.weights or 'he'} on both sides; cold feature cache\n")
+    several = len(args.seeds) > 1
+    columns = ["strategy", "sweep", "plain s", "transferlab s", "ratio", "best val acc plain / lab"]
+    columns += ["lab mean within plain's seed range"] if several else []
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
-    for strategy in STRATEGIES:
-        p, t = plain[strategy], lab[strategy]
-        print(f"| {strategy} | {p['wall_s']:.1f} | {t['wall_s']:.1f} | {p['wall_s'] / t['wall_s']:.2f}x "
-              f"| {p['best']:.3f} / {t['best']:.3f} | {p['last']:.3f} / {t['last']:.3f} |")
-    plain_s = sum(p["wall_s"] for p in plain.values())
-    lab_s = sum(t["wall_s"] for t in lab.values())
-    plain_process_s = sum(p["process_s"] for p in plain.values())
-    print(f"| whole sweep, after imports | {plain_s:.1f} | {lab_s:.1f} | {plain_s / lab_s:.2f}x | | |")
-    print(f"| whole sweep, whole processes | {plain_process_s:.1f} | {lab_process_s:.1f} | "
-          f"{plain_process_s / lab_process_s:.2f}x | | |")
+
+    def side(results: dict, strategy: str) -> list[dict]:
+        return [results[strategy, seed] for seed in args.seeds]
+
+    for preset, (lab, _) in labs.items():
+        for strategy in STRATEGIES:
+            p, t = side(plain, strategy), side(lab, strategy)
+            p_s, t_s = sum(r["wall_s"] for r in p), sum(r["wall_s"] for r in t)
+            row = [strategy, preset, f"{p_s:.1f}", f"{t_s:.1f}", f"{p_s / t_s:.2f}x",
+                   f"{accuracy(p)} / {accuracy(t)}"]
+            if several:
+                plain_bests = [r["best"] for r in p]
+                mean = sum(r["best"] for r in t) / len(t)
+                row.append("yes" if min(plain_bests) <= mean <= max(plain_bests) else "no")
+            print("| " + " | ".join(row) + " |")
+    plain_s = sum(r["wall_s"] for r in plain.values())
+    plain_process_s = sum(r["process_s"] for r in plain.values())
+    for preset, (lab, process_s) in labs.items():
+        lab_s = sum(r["wall_s"] for r in lab.values())
+        blank = " |" * (len(columns) - 5)
+        print(f"| whole sweep, after imports | {preset} | {plain_s:.1f} | {lab_s:.1f} | "
+              f"{plain_s / lab_s:.2f}x |{blank}")
+        print(f"| whole sweep, whole processes | {preset} | {plain_process_s:.1f} | {process_s:.1f} | "
+              f"{plain_process_s / process_s:.2f}x |{blank}")
     print("\nplain s: the loop's process after its imports (data setup, training, validation); "
           "transferlab s: the sweep job's first to last log line (setup, cache build, training, "
           "checkpoints). Whole processes: each plain loop's process and the one sweep process, "
-          "imports and start-up included.")
+          "imports and start-up included. Sweeps: " + "; ".join(
+              f"{k}: {' '.join(v) or 'the defaults'}" for k, v in PRESETS.items() if k in labs) + ".")
 
 
 def main() -> None:
@@ -192,27 +226,38 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data, help=f"ImageFolder root ({default_data})")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every strategy (default 10)")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, each run on both sides (default 0)")
+    parser.add_argument("--sweeps", default=",".join(PRESETS),
+                        help=f"transferlab sweeps to run, of {', '.join(PRESETS)} (default: all)")
     parser.add_argument("--weights", type=Path, help="resnet18 state_dict for both sides (default: init=he)")
     parser.add_argument("--quick", action="store_true", help="3 epochs at 112 px")
     parser.add_argument("--out", type=Path, help="runs and logs (default: a new temporary folder)")
     parser.add_argument("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
     args.data = args.data.expanduser().resolve()
     args.weights = args.weights.expanduser().resolve() if args.weights else None
     if args.strategy:
         run_child(args)
         return
+    presets = args.sweeps.split(",")
+    if unknown := set(presets) - set(PRESETS):
+        parser.error(f"unknown --sweeps {sorted(unknown)}; choose from {', '.join(PRESETS)}")
     if args.quick:
         args.epochs, args.image_size = 3, 112
     if not (args.data / "train").is_dir():
         sys.exit(f"no ImageFolder data at {args.data} (set --data or TRANSFERLAB_DATA_DIR)")
     args.out = (args.out or Path(tempfile.mkdtemp(prefix="transferlab-bench-sweep-"))).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    plain = {s: spawn_plain(args, s) for s in STRATEGIES}
-    lab, lab_process_s = sweep(args)
-    report(args, plain, lab, lab_process_s)
+    plain = {(s, seed): spawn_plain(args, s, seed) for seed in args.seeds for s in STRATEGIES}
+    # Each sweep builds its own cache entries, as a first sweep on a machine would.
+    labs = {}
+    for preset in presets:
+        labs[preset] = sweep(args, preset)
+        if (args.out / "cache").is_dir():
+            (args.out / "cache").rename(args.out / f"cache_{preset}")
+    report(args, plain, labs)
     print(f"\nruns and logs: {args.out}", file=sys.stderr)
 
 

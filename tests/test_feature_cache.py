@@ -2,6 +2,7 @@ import copy
 import logging
 import multiprocessing
 import os
+import types
 
 import numpy as np
 import pytest
@@ -179,6 +180,21 @@ def test_an_entry_over_max_gb_is_not_built(tmp_path, image_folder, caplog):
             classifier_module("resnet18", freeze), datamodule=datamodule(image_folder, 64))
     assert "would take 0.0 GB > callbacks.feature_cache.max_gb=1e-06" in caplog.text
     assert cache.cut is None and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("max_epochs,cut,until", [
+    (5, "layer3", None),   # only layer4 thaws: layer3's output serves all 5 epochs
+    (10, "head", 3),       # the stem stays frozen, but its output saves less than 3 head-only epochs
+    (25, "head", 3),       # every stage thaws: the head-only epochs are all there is to cache
+])
+def test_a_short_gradual_fit_caches_where_more_arithmetic_is_skipped(image_folder, max_epochs, cut, until):
+    """Gradual (3 head-only epochs, a stage thawed every 2): cached head inputs for the head-only
+    epochs, or the output of the stages that never thaw, whichever skips more FLOPs."""
+    freeze = {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 3, "unfreeze_every": 2}
+    trainer = types.SimpleNamespace(current_epoch=0, max_epochs=max_epochs, reload_dataloaders_every_n_epochs=3,
+                                    datamodule=datamodule(image_folder, 64))
+    planned_cut, _, planned_until = FeatureCache().plan(trainer, classifier_module("resnet18", freeze))
+    assert (planned_cut, planned_until) == (cut, until)
 
 
 class TrainableGradients(Callback):

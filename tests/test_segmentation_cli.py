@@ -31,7 +31,7 @@ def test_train_a_unet_on_real_lung_masks(covid_lung, tmp_path):
     assert summary["epochs_completed"] == 2
     dices = [h["val/dice"] for h in summary["history"]]
     assert 0.0 <= summary["best"] <= 1.0 and summary["best"] == max(dices)
-    assert 0 < summary["params_trainable"] < summary["params_total"]  # block1-3 frozen
+    assert 0 < summary["params_trainable"] < summary["params_total"]  # block1-4 frozen
 
     ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)

@@ -119,6 +119,10 @@ NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     (PartialFineTune(frozen_stages=3), 9, {"stem", "layer1", "layer2"}),
     (PartialFineTune(frozen_stages=["layer1", "stem"]), 0, {"stem", "layer1"}),
     (PartialFineTune(frozen_stages=0), 0, set()),
+    # negative: all stages below the head but the last k (the default, -1: layer4 and the head train)
+    (PartialFineTune(), 0, {"stem", "layer1", "layer2", "layer3"}),
+    (PartialFineTune(frozen_stages=-2), 0, {"stem", "layer1", "layer2"}),
+    (PartialFineTune(frozen_stages=-5), 0, set()),
     # head only for 3 epochs, then one more stage top-down every 2 epochs
     (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 2,
      {"stem", "layer1", "layer2", "layer3", "layer4"}),
@@ -147,6 +151,7 @@ def test_lr_multiplier_per_stage(strategy, mults):
 
 @pytest.mark.parametrize("strategy,message", [
     (PartialFineTune(frozen_stages=6), "has 5 stages below the head"),
+    (PartialFineTune(frozen_stages=-6), r"use -5\.\.5"),
     (PartialFineTune(frozen_stages=["layer9"]), r"unknown stage\(s\) \['layer9'\]"),
     (PartialFineTune(frozen_stages=["head"]), "freezes the head"),
 ])

@@ -23,6 +23,7 @@ from filelock import FileLock
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from transferlab.data.sampling import _mix
 from transferlab.errors import ConfigError
@@ -44,6 +45,14 @@ def frozen_leading(strategy, names: list[str], epochs: Iterable[int]) -> dict[in
         frozen = strategy.frozen_stages(names, epoch)
         counts[epoch] = next((i for i, n in enumerate(body) if n not in frozen), len(body))
     return counts
+
+
+def forward_flops(backbone: Backbone, cut: str, image: torch.Tensor) -> int:
+    """Multiply-adds x 2 of the forward pass from one image to the output of `cut`."""
+    device = next(backbone.net.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.inference_mode(), eval_mode(backbone.net):
+        backbone.forward_until(cut, image[None].to(device))
+    return counter.get_total_flops()
 
 
 def weights_digest(stages: Stages, upto: str) -> str:
@@ -267,22 +276,26 @@ class FeatureCache(Callback):
         leading = frozen_leading(strategy, names, epochs)
         count = min(leading.values())
         thaws = min((e for e, n in leading.items() if n < len(body)), default=None)
-        if count == 0 and thaws is not None and thaws > start:
-            # Head-only epochs first, then every stage trains (gradual unfreezing): cached until
-            # the first thaw, when the trainer asks for the loaders again (a public Trainer
-            # setting, conf/trainer/default.yaml sets it for gradual).
+        head_first = None
+        if thaws is not None and thaws > start:
+            # Head-only epochs first, then stages thaw (gradual unfreezing): cached until the
+            # first thaw, when the trainer asks for the loaders again (a public Trainer setting,
+            # conf/trainer/default.yaml sets it for gradual).
             every = trainer.reload_dataloaders_every_n_epochs
             if every and (thaws - start) % every == 0 and backbone.cache_blocker() is None:
-                return HEAD, (f"only the head trains until epoch {thaws}, on cached head inputs; "
-                              "images from then on"), thaws
-            log.info("feature cache: the head-only epochs before epoch %d could train on cached "
-                     "inputs with trainer.reload_dataloaders_every_n_epochs dividing %d",
-                     thaws, thaws - start)
+                head_first = HEAD, (f"only the head trains until epoch {thaws}, on cached head "
+                                    "inputs; images from then on"), thaws
+            else:
+                log.info("feature cache: the head-only epochs before epoch %d could train on cached "
+                         "inputs with trainer.reload_dataloaders_every_n_epochs dividing %d",
+                         thaws, thaws - start)
         if count == len(body) and backbone.cache_blocker() is None:
             return HEAD, "only the head trains, on cached head inputs", None
         if count == len(body):  # stateful layers in the head stage: cut below them instead
             log.info("feature cache: %s, so the cache ends at %s", backbone.cache_blocker(), body[-1])
         if count == 0:
+            if head_first:
+                return head_first
             epoch = min(e for e, n in leading.items() if n == 0)
             return None, (
                 f"{body[0]} trains from epoch {epoch} under {type(strategy).__name__}: no stage "
@@ -292,9 +305,20 @@ class FeatureCache(Callback):
         try:
             backbone.tail(cut)
         except ConfigError as err:
-            return None, str(err), None
-        return cut, (f"{', '.join(body[:count])} stay frozen; {', '.join(names[count:])} "
-                     f"train on the cached output of {cut}"), None
+            return head_first or (None, str(err), None)
+        prefix = cut, (f"{', '.join(body[:count])} stay frozen; {', '.join(names[count:])} "
+                       f"train on the cached output of {cut}"), None
+        if head_first is None:
+            return prefix
+        # Both would do (a gradual fit too short to thaw its first stages): take the one that
+        # skips more backbone arithmetic. Each skips the forward pass up to its cut on the epochs
+        # it serves, less the one pass that builds it.
+        image = trainer.datamodule.feature_sources(augmented=False)["val"][0][0]
+        epochs_served = {HEAD: thaws - start - 1, cut: len(leading) - 1}
+        saved = {c: n * forward_flops(backbone, c, image) for c, n in epochs_served.items()}
+        log.info("feature cache: cached head inputs for %d epochs skip %.3g GFLOP per image, %s's "
+                 "output for every epoch %.3g", thaws - start, saved[HEAD] / 1e9, cut, saved[cut] / 1e9)
+        return head_first if saved[HEAD] > saved[cut] else prefix
 
     def sources(self, datamodule) -> tuple[dict[str, Dataset], dict[str, int]]:
         """The image sets to encode per split, and how many passes over each."""

@@ -87,24 +87,26 @@ class FullFineTune(FreezeStrategy):
 
 
 class PartialFineTune(FreezeStrategy):
-    """The first `frozen_stages` stages (a count, or a list of stage names) stay frozen."""
+    """The stages named in `frozen_stages` stay frozen; a count k means the first k stages from
+    the input, and a negative count -k all the stages below the head but the last k."""
 
-    def __init__(self, frozen_stages: int | list[str] = 3, backbone_lr_mult: float = 1.0):
+    def __init__(self, frozen_stages: int | list[str] = -1, backbone_lr_mult: float = 1.0):
         super().__init__(backbone_lr_mult)
         self.frozen = frozen_stages
 
     def frozen_stages(self, names, epoch):
         if isinstance(self.frozen, int):
-            return set(names[: self.frozen])
+            body = [n for n in names if n != HEAD]
+            return set(body[: self.frozen]) if self.frozen < 0 else set(names[: self.frozen])
         return set(self.frozen)
 
     def validate(self, names):
         body = [n for n in names if n != HEAD]
         if isinstance(self.frozen, int):
-            if not 0 <= self.frozen <= len(body):
+            if not -len(body) <= self.frozen <= len(body):
                 raise ConfigError(
                     f"freeze.frozen_stages={self.frozen}: this backbone has {len(body)} stages below "
-                    f"the head ({', '.join(body)})"
+                    f"the head ({', '.join(body)}); use -{len(body)}..{len(body)}"
                 )
         else:
             unknown = [n for n in self.frozen if n not in names]

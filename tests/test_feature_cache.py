@@ -14,7 +14,8 @@ from PIL import Image
 
 from helpers import STRATEGY, classifier_module, composed, fit_head_on_cache, quiet_trainer
 from transferlab.data.classification import ImageFolderDataModule
-from transferlab.fast import FastTraining, cpu_has_bf16, spare_cores
+from transferlab.data.sampling import spare_cores
+from transferlab.fast import FastTraining, cpu_has_bf16
 from transferlab.cache import FeatureCache
 from transferlab.models.backbones import CachedInputs
 from transferlab.models.init import HeInit
@@ -260,13 +261,16 @@ def test_cache_switch_and_fast_preset_compose(tmp_path):
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.precision == ("bf16-mixed" if cpu_has_bf16() else "32-true")
     assert any(isinstance(c, FastTraining) for c in trainer.callbacks)
-    instantiate(cfg.data)
+    assert instantiate(cfg.data).num_workers == spare_cores()
+    # the preset's loader settings are data values: the command line wins over them
+    assert composed(tmp_path, ["trainer=fast", "data.num_workers=0"]).data.num_workers == 0
 
 
-def test_lrs_scale_linearly_with_the_batch_and_fast_training_tunes_model_and_loaders(image_folder):
+def test_lrs_scale_linearly_with_the_batch_and_the_fast_preset_tunes_model_and_loaders(image_folder):
     module = classifier_module("resnet18", FEATURE_EXTRACTION, lr=0.01, lr_reference_batch_size=4,
                                scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 7})
-    dm = datamodule(image_folder, 32, batch_size=8)
+    dm = ImageFolderDataModule(str(image_folder), image_size=32, batch_size=8, augment=False,
+                               num_workers="auto", pin_memory="auto")  # as trainer=fast sets them
     fast = FastTraining()
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[fast])
     trainer.fit(module, datamodule=dm)
@@ -275,7 +279,7 @@ def test_lrs_scale_linearly_with_the_batch_and_fast_training_tunes_model_and_loa
     assert head_lr == pytest.approx(0.02)
     assert trainer.lr_scheduler_configs[0].scheduler.base_lrs[-1] == pytest.approx(0.02)
     assert module.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert dm.num_workers == spare_cores() and dm.pin_memory is False  # CPU: nothing to pin for
+    assert dm.num_workers == spare_cores() and dm.pins_memory is False  # CPU: nothing to pin for
 
 
 def test_parallel_jobs_build_a_shared_entry_once_and_read_it_whole(tmp_path, noisy_folder):

@@ -1,10 +1,8 @@
 """`trainer=fast`: numeric and loader speed-ups that keep the result (see docs/performance.md)."""
 
 import logging
-import os
 
 import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
@@ -34,41 +32,15 @@ def fast_precision(accelerator: str = "auto") -> Precision:
     return Precision()
 
 
-def spare_cores() -> int:
-    """Loader processes that do not take a core from the model: one per core but one, 1 to 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
-
-
 class FastTraining(Callback):
-    """The fast preset's tweaks that a config value cannot express.
+    """The fast preset's model tweaks: channels_last conv weights, optional torch.compile. (Its
+    loader settings are plain data values: `data.num_workers: auto`, `data.pin_memory: auto`.)"""
 
-    - channels_last conv weights, optional torch.compile;
-    - DataLoader: `num_workers="auto"` gives one worker per spare core, `pin_memory="auto"` pins
-      when training on a GPU (pinned pages only speed up host-to-GPU copies). Applied to any
-      datamodule with these attributes, before its loaders are made.
-    """
-
-    def __init__(
-        self,
-        channels_last: bool = True,
-        compile: bool = False,
-        num_workers: int | str | None = "auto",
-        pin_memory: bool | str | None = "auto",
-    ):
+    def __init__(self, channels_last: bool = True, compile: bool = False):
         self.channels_last = channels_last
         self.compile = compile
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
 
     def setup(self, trainer, pl_module, stage) -> None:
-        datamodule = trainer.datamodule
-        if self.num_workers is not None and hasattr(datamodule, "num_workers"):
-            auto = self.num_workers == "auto"
-            datamodule.num_workers = spare_cores() if auto else int(self.num_workers)
-        if self.pin_memory is not None and hasattr(datamodule, "pin_memory"):
-            on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
-            datamodule.pin_memory = on_gpu if self.pin_memory == "auto" else bool(self.pin_memory)
         if self.channels_last:
             # Conv weights in NHWC make every conv pick the NHWC kernels (oneDNN, cuDNN); the
             # first conv converts the input. The state_dict keeps the same keys and values.

@@ -11,8 +11,8 @@ optimizer, schedule and epochs.
 Per strategy and sweep it prints the wall time of each side after imports (the plain loop's
 inside its process, the sweep job's from its train.log), the ratio, and best val accuracy side
 by side; then each whole sweep's ratio, after imports and as whole processes. With several
-seeds, times are summed over seeds, accuracies are mean +- std, and a column says whether the
-sweep's mean lies within the plain loop's seed range.
+seeds, times are summed over seeds, accuracies are mean +- std, and the difference of the means
+gets a 95 % Welch interval: "within the seed spread" when it contains 0.
 """
 
 import argparse
@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from scipy import stats
 from torch import nn, optim
 from torchvision import models
 
@@ -180,6 +181,16 @@ def accuracy(runs: list[dict]) -> str:
     return f"{bests.mean():.3f}" + (f" ± {bests.std():.3f}" if len(bests) > 1 else "")
 
 
+def welch_interval(a: list[float], b: list[float]) -> tuple[float, float]:
+    """95 % confidence interval of mean(a) - mean(b), unequal variances (Welch). The seeds of
+    the two sides are independent draws, so this is the seed spread a difference must exceed."""
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if len(set(a)) == 1 and len(set(b)) == 1:  # no spread at all: the interval is the difference
+        return diff, diff
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval()
+    return float(low), float(high)
+
+
 def report(args, plain: dict, labs: dict) -> None:
     print(f"machine: {machine()}")
     print(f"data: {args.data}; {args.epochs} epochs at {args.image_size} px, batch 4; seeds "
@@ -187,7 +198,7 @@ def report(args, plain: dict, labs: dict) -> None:
     several = len(args.seeds) > 1
     columns = ["strategy", "sweep", "plain s", "transferlab s", "ratio", "ratio, whole processes",
                "best val acc plain / lab"]
-    columns += ["lab mean within plain's seed range"] if several else []
+    columns += ["lab - plain, 95 % interval (Welch)", "within the seed spread"] if several else []
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
 
@@ -205,9 +216,8 @@ def report(args, plain: dict, labs: dict) -> None:
             row = [strategy, preset, f"{p_s:.1f}", f"{t_s:.1f}", f"{p_s / t_s:.2f}x",
                    f"{p_process / (t_s + start_up * len(t)):.2f}x", f"{accuracy(p)} / {accuracy(t)}"]
             if several:
-                plain_bests = [r["best"] for r in p]
-                mean = sum(r["best"] for r in t) / len(t)
-                row.append("yes" if min(plain_bests) <= mean <= max(plain_bests) else "no")
+                low, high = welch_interval([r["best"] for r in t], [r["best"] for r in p])
+                row += [f"[{low:+.3f}, {high:+.3f}]", "yes" if low <= 0 <= high else "no"]
             print("| " + " | ".join(row) + " |")
     plain_s = sum(r["wall_s"] for r in plain.values())
     plain_process_s = sum(r["process_s"] for r in plain.values())

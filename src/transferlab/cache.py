@@ -316,8 +316,9 @@ class FeatureCache(Callback):
         image = trainer.datamodule.feature_sources(augmented=False)["val"][0][0]
         epochs_served = {HEAD: thaws - start - 1, cut: len(leading) - 1}
         saved = {c: n * forward_flops(backbone, c, image) for c, n in epochs_served.items()}
-        log.info("feature cache: cached head inputs for %d epochs skip %.3g GFLOP per image, %s's "
-                 "output for every epoch %.3g", thaws - start, saved[HEAD] / 1e9, cut, saved[cut] / 1e9)
+        log.info("feature cache: per image, cached head inputs for the %d head-only epochs skip "
+                 "%.3g GFLOP, %s's output for all %d epochs %.3g (each net of its build)",
+                 thaws - start, saved[HEAD] / 1e9, cut, len(leading), saved[cut] / 1e9)
         return head_first if saved[HEAD] > saved[cut] else prefix
 
     def sources(self, datamodule) -> tuple[dict[str, Dataset], dict[str, int]]:

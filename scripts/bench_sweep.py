@@ -18,6 +18,7 @@ gets a 95 % Welch interval: "within the seed spread" when it contains 0.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from scipy import stats
 from torch import nn, optim
 from torchvision import models
 
@@ -184,6 +184,8 @@ def accuracy(runs: list[dict]) -> str:
 def welch_interval(a: list[float], b: list[float]) -> tuple[float, float]:
     """95 % confidence interval of mean(a) - mean(b), unequal variances (Welch). The seeds of
     the two sides are independent draws, so this is the seed spread a difference must exceed."""
+    from scipy import stats  # here: the plain loops' processes do not pay for importing it
+
     diff = sum(a) / len(a) - sum(b) / len(b)
     if len(set(a)) == 1 and len(set(b)) == 1:  # no spread at all: the interval is the difference
         return diff, diff
@@ -270,6 +272,7 @@ def main() -> None:
     for preset in presets:
         labs[preset] = sweep(args, preset)
         if (args.out / "cache").is_dir():
+            shutil.rmtree(args.out / f"cache_{preset}", ignore_errors=True)  # a reused --out
             (args.out / "cache").rename(args.out / f"cache_{preset}")
     report(args, plain, labs)
     print(f"\nruns and logs: {args.out}", file=sys.stderr)

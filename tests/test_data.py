@@ -9,7 +9,7 @@ import torch
 
 from conftest import write_image
 from transferlab.data.classification import ImageFolderDataModule
-from transferlab.errors import BadFilesError, DataError
+from transferlab.errors import BadFilesError, ConfigError, DataError
 
 
 def datamodule(root, **kw):
@@ -130,3 +130,20 @@ def test_real_hymenoptera(hymenoptera):
     assert len(dm.train_set) == 244 and len(dm.val_set) == 153
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("settings,workers,pinned", [
+    ({"num_workers": 3, "pin_memory": True}, 3, True),
+    ({"num_workers": "auto", "pin_memory": "auto"}, "spare", False),  # no trainer, no GPU: unpinned
+])
+def test_loader_settings_take_values_or_auto(image_folder, settings, workers, pinned):
+    from transferlab.data.sampling import spare_cores
+
+    dm = ImageFolderDataModule(str(image_folder), image_size=32, **settings)
+    assert dm.num_workers == (spare_cores() if workers == "spare" else workers)
+    assert dm.pins_memory is pinned
+
+
+def test_bad_loader_settings_are_named_together(image_folder):
+    with pytest.raises(ConfigError, match=r"data.num_workers='Auto'.*; data.pin_memory='False'"):
+        ImageFolderDataModule(str(image_folder), image_size=32, num_workers="Auto", pin_memory="False")

@@ -187,6 +187,7 @@ def test_an_entry_over_max_gb_is_not_built(tmp_path, image_folder, caplog):
     (5, "layer3", None),   # only layer4 thaws: layer3's output serves all 5 epochs
     (10, "head", 3),       # the stem stays frozen, but its output saves less than 3 head-only epochs
     (25, "head", 3),       # every stage thaws: the head-only epochs are all there is to cache
+    (-1, "head", 3),       # no epoch limit: the schedule is read over a long horizon
 ])
 def test_a_short_gradual_fit_caches_where_more_arithmetic_is_skipped(image_folder, max_epochs, cut, until):
     """Gradual (3 head-only epochs, a stage thawed every 2): cached head inputs for the head-only

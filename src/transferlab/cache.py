@@ -270,9 +270,10 @@ class FeatureCache(Callback):
             return None, "the images do not come from a transferlab classification datamodule", None
         names = list(pl_module.stages)
         body = names[:-1]
-        # Strategies decide from the epoch alone; a run without an epoch limit is checked far out.
+        # Strategies decide from the epoch alone; a run without an epoch limit is checked over
+        # every epoch of a horizon far beyond any schedule (a few ms of set arithmetic).
         start, end = trainer.current_epoch, trainer.max_epochs
-        epochs = range(start, end) if end and end > 0 else (start, 10**6)
+        epochs = range(start, end if end and end > 0 else start + 10_000)
         leading = frozen_leading(strategy, names, epochs)
         count = min(leading.values())
         thaws = min((e for e, n in leading.items() if n < len(body)), default=None)
@@ -314,7 +315,8 @@ class FeatureCache(Callback):
         # skips more backbone arithmetic. Each skips the forward pass up to its cut on the epochs
         # it serves, less the one pass that builds it.
         image = trainer.datamodule.feature_sources(augmented=False)["val"][0][0]
-        epochs_served = {HEAD: thaws - start - 1, cut: len(leading) - 1}
+        builds = self.views if self.views > 0 and trainer.datamodule.augment else 1  # train passes
+        epochs_served = {HEAD: thaws - start - builds, cut: len(leading) - builds}
         saved = {c: n * forward_flops(backbone, c, image) for c, n in epochs_served.items()}
         log.info("feature cache: per image, cached head inputs for the %d head-only epochs skip "
                  "%.3g GFLOP, %s's output for all %d epochs %.3g (each net of its build)",

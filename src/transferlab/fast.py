@@ -36,7 +36,9 @@ class FastTraining(Callback):
     """The fast preset's model tweaks: channels_last conv weights, optional torch.compile. (Its
     loader settings are plain data values: `data.num_workers: auto`, `data.pin_memory: auto`.)"""
 
-    def __init__(self, channels_last: bool = True, compile: bool = False):
+    def __init__(self, channels_last: bool = True, compile: bool = False, num_workers=None, pin_memory=None):
+        # num_workers / pin_memory: only so that runs saved before they became data.* values
+        # still resume; the datamodule decides now, and these are ignored.
         self.channels_last = channels_last
         self.compile = compile
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.images import check_policy
+from transferlab.errors import ConfigError
 from transferlab.data.splits import Item, SplitSettings, describe, record, split_files
 from transferlab.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -145,7 +146,14 @@ class SeededLoaders(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = spare_cores() if num_workers == "auto" else int(num_workers)
+        bad = []
+        if not (num_workers == "auto" or (isinstance(num_workers, int) and num_workers >= 0)):
+            bad.append(f"data.num_workers={num_workers!r} (an int >= 0 or auto)")
+        if not (pin_memory == "auto" or isinstance(pin_memory, bool)):
+            bad.append(f"data.pin_memory={pin_memory!r} (true, false or auto)")
+        if bad:
+            raise ConfigError("; ".join(bad))
+        self.num_workers = spare_cores() if num_workers == "auto" else num_workers
         self.mean = tuple(mean or IMAGENET_MEAN)
         self.std = tuple(std or IMAGENET_STD)
         self.augment = augment

@@ -181,21 +181,28 @@ def machine() -> str:
     )
 
 
+def run_in_child(script: str, name: str, argv: list[str], out: Path) -> dict:
+    """`script argv --result <out>/<name>.json` in a fresh process, its output in <name>.log: the
+    JSON it writes, plus `process_s`, the whole process's time (start-up and imports included)."""
+    result = out / f"{name}.json"
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        done = subprocess.run([sys.executable, script, *argv, "--result", str(result)],
+                              stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{name} failed; see {out / f'{name}.log'}")
+    return json.loads(result.read_text()) | {"process_s": time.perf_counter() - start}
+
+
 def spawn(args, variant: str, epochs: int) -> dict:
-    result = args.out / f"{variant}.json"
-    cmd = [
-        sys.executable, __file__, "--variant", variant, "--result", str(result), "--data", str(args.data),
-        "--epochs", str(epochs), "--image-size", str(args.image_size), "--seed", str(args.seed),
-        "--views", str(args.views), "--threads", str(args.threads), "--out", str(args.out),
+    argv = [
+        "--variant", variant, "--data", str(args.data), "--epochs", str(epochs),
+        "--image-size", str(args.image_size), "--seed", str(args.seed), "--views", str(args.views),
+        "--threads", str(args.threads), "--out", str(args.out),
         *(["--weights", str(args.weights)] if args.weights else []),
     ]
     print(f"running {variant} ({epochs} epoch{'s' * (epochs > 1)}) ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with open(args.out / f"{variant}.log", "w") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        sys.exit(f"{variant} failed; see {args.out / f'{variant}.log'}")
-    return json.loads(result.read_text()) | {"process_s": time.perf_counter() - start}
+    return run_in_child(__file__, variant, argv, args.out)
 
 
 def per_epoch(r: dict) -> float:

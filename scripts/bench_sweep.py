@@ -31,7 +31,7 @@ from torch import nn, optim
 from torchvision import models
 
 # The script's own folder: bench.py's tutorial data pipeline and machine line.
-from bench import machine, tutorial_loaders
+from bench import machine, run_in_child, tutorial_loaders
 from transferlab.models.init import he_init
 
 STRATEGIES = ("feature_extraction", "partial", "full", "gradual")
@@ -63,8 +63,8 @@ def frozen_count(strategy: str, epoch: int, body: int) -> int:
     return max(body - 1 - (epoch - HEAD_EPOCHS) // UNFREEZE_EVERY, 0)
 
 
-def plain_run(args) -> dict:
-    torch.manual_seed(args.seed)
+def plain_run(args, seed: int) -> dict:
+    torch.manual_seed(seed)
     loaders, sizes = tutorial_loaders(args.data, args.image_size)
     model = models.resnet18(weights=None)
     if args.weights:
@@ -154,25 +154,16 @@ def sweep(args, preset: str) -> tuple[dict, float]:
 # ---- the parent ---------------------------------------------------------------------------------
 
 def spawn_plain(args, strategy: str, seed: int) -> dict:
-    name = f"plain_{strategy}_seed{seed}"
-    result = args.out / f"{name}.json"
-    cmd = [sys.executable, __file__, "--strategy", strategy, "--result", str(result),
-           "--data", str(args.data), "--epochs", str(args.epochs), "--image-size", str(args.image_size),
-           "--seeds", str(seed), "--out", str(args.out),
-           *(["--weights", str(args.weights)] if args.weights else [])]
+    argv = ["--strategy", strategy, "--data", str(args.data), "--epochs", str(args.epochs),
+            "--image-size", str(args.image_size), "--seeds", str(seed), "--out", str(args.out),
+            *(["--weights", str(args.weights)] if args.weights else [])]
     print(f"running the plain {strategy} loop, seed {seed} ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with open(args.out / f"{name}.log", "w") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        sys.exit(f"plain {strategy} failed; see {args.out / f'{name}.log'}")
-    return json.loads(result.read_text()) | {"process_s": time.perf_counter() - start}
+    return run_in_child(__file__, f"plain_{strategy}_seed{seed}", argv, args.out)
 
 
 def run_child(args) -> None:
     start = time.perf_counter()
-    args.seed = args.seeds[0]
-    result = plain_run(args)
+    result = plain_run(args, args.seeds[0])
     args.result.write_text(json.dumps(result | {"wall_s": time.perf_counter() - start}))
 
 

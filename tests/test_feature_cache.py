@@ -265,6 +265,8 @@ def test_cache_switch_and_fast_preset_compose(tmp_path):
     assert instantiate(cfg.data).num_workers == spare_cores()
     # the preset's loader settings are data values: the command line wins over them
     assert composed(tmp_path, ["trainer=fast", "data.num_workers=0"]).data.num_workers == 0
+    # runs saved before the loader settings moved to data.* name them here; they still resume
+    FastTraining(channels_last=True, compile=False, num_workers="auto", pin_memory="auto")
 
 
 def test_lrs_scale_linearly_with_the_batch_and_the_fast_preset_tunes_model_and_loaders(image_folder):

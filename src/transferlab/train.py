@@ -124,11 +124,16 @@ def outcome(run_dir: Path, seconds: float, reason: str | None) -> str:
     return "\n".join(f"  {k:<10}  {v}" for k, v in lines)
 
 
+def group_choices() -> dict:
+    """The option chosen in each of transferlab's config groups (Hydra's own left out)."""
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+
+
 def swept_hparams(cfg: DictConfig) -> dict:
     """The settings worth comparing across runs, by group name (`freeze`, `init`, ...): the
     group choices, the command-line overrides, and the values actually used."""
     hc = HydraConfig.get()
-    params = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    params = group_choices()
     for override in hc.overrides.task:
         key, _, value = override.partition("=")
         params[key.lstrip("+~")] = value
@@ -145,7 +150,7 @@ def run_record(cfg: DictConfig) -> dict:
     return {
         "monitor": cfg.get("monitor"), "monitor_mode": cfg.get("monitor_mode"),
         "overrides": list(hc.overrides.task),
-        "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+        "choices": group_choices(),
         "hparams": swept_hparams(cfg),
     }
 

@@ -5,7 +5,7 @@ same machine, same seed and initialisation.
     python scripts/bench.py                    # the real thing: 25 epochs at 224 px
 
 Each run happens in a fresh process, so peak memory and warm-up are its own. transferlab runs
-through `transferlab.train.main`, the function behind the `transferlab-train` command, with the
+through `transferlab.cli.train.main`, the function behind the `transferlab-train` command, with the
 command-line overrides a user would type. The table is Markdown; docs/performance.md explains it.
 """
 
@@ -119,7 +119,7 @@ def plain_run(args, fixed_feature_extractor: bool) -> dict:
 # ---- transferlab through its command-line entry point -----------------------------------------
 
 def transferlab_run(args, overrides: list[str]) -> dict:
-    from transferlab.train import main as transferlab_train  # imported before the clock started
+    from transferlab.cli.train import main as transferlab_train  # imported before the clock started
 
     run_dir = args.out / args.variant
     init = ["init=pretrained", f"init.weights_path={args.weights}"] if args.weights else ["init=he"]
@@ -152,8 +152,8 @@ def run_variant(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.variant.startswith("lab_"):
-        import transferlab.fit  # noqa: F401  (transferlab.train loads it only when a run starts)
-        import transferlab.train  # noqa: F401
+        import transferlab.fit  # noqa: F401  (transferlab.cli.train loads it only when a run starts)
+        import transferlab.cli.train  # noqa: F401
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     result = VARIANTS[args.variant](args)
@@ -165,7 +165,7 @@ def run_variant(args) -> None:
 # ---- the parent: run the variants, print the table -------------------------------------------
 
 def machine() -> str:
-    from transferlab.fast import cpu_has_bf16
+    from transferlab.devices import cpu_has_bf16
 
     cpu = platform.processor() or "unknown CPU"
     if Path("/proc/cpuinfo").is_file():

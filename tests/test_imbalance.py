@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import classifier_module, composed
-from transferlab.cache import CachedViews
+from tests.support.modules import classifier_module
+from transferlab.config import compose
+from transferlab.cache.store import CachedViews
 from transferlab.class_weights import decide_class_weights
 from transferlab.data.classification import ImageFolderDataModule
-from transferlab.data.sampling import ClassBalanced, EpochShuffle, _mix
+from transferlab.data.sampling import ClassBalanced, EpochShuffle, mix_seeds
 from transferlab.errors import ConfigError
 from transferlab.fit import fit
 from transferlab.summary import read_summary
@@ -99,7 +100,7 @@ def test_balanced_sampler_follows_seed_and_epoch_and_reaches_every_image():
     assert draw(0, 1) != draw(1, 1)
     assert set().union(*(draw(0, e) for e in range(10))) == set(range(12))
     # The shuffle sampler's permutations are unchanged by the shared base class.
-    g = torch.Generator().manual_seed(_mix(7, 3))
+    g = torch.Generator().manual_seed(mix_seeds(7, 3))
     assert [i for i, _ in EpochShuffle(6, 7, lambda: 3)] == torch.randperm(6, generator=g).tolist()
 
 
@@ -111,8 +112,9 @@ def test_train_loader_serves_the_sampler_on_images_and_on_cached_features(tmp_pa
     assert data.train_class_counts() == [9, 3]
     assert Counter(int(label) for batch in data.train_dataloader() for label in batch[1]) == expected
     labels = torch.tensor([label for _, label in data.train_set.samples])
-    data.use_cached({"train": CachedViews(torch.randn(1, 12, 8), labels),
-                     "val": CachedViews(torch.randn(1, 5, 8), torch.zeros(5, dtype=torch.long))})
+    rest = torch.nn.Identity()
+    data.serve({"train": CachedViews(torch.randn(1, 12, 8), labels, rest),
+                "val": CachedViews(torch.randn(1, 5, 8), torch.zeros(5, dtype=torch.long), rest)})
     assert Counter(int(label) for batch in data.train_dataloader() for label in batch[1]) == expected
 
 
@@ -125,11 +127,11 @@ def test_an_unknown_sampler_is_a_config_error(tmp_path):
 
 def config(run_dir: Path, data: Path, *extra: str):
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it for a real run
-    return composed(run_dir, [
+    return compose([
         "init=he", "trainer=cpu", "logger=none", "trainer.deterministic=true", f"data.root={data}",
         "data.image_size=32", "data.num_workers=0", "callbacks.progress_bar.refresh_rate=0",
         *extra,
-    ])
+    ], run_dir)
 
 
 def test_a_monitor_the_module_does_not_log_stops_the_run_before_training(tmp_path):

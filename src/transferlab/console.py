@@ -1,8 +1,20 @@
-"""What the user's console shows of the libraries: their messages that say something about the
-run, once each. Called by every command once torch and Lightning are imported."""
+"""What the user's console shows: paths as they would type them, and the libraries' messages
+that say something about the run, once each (`quiet_libraries`, called by every command once torch
+and Lightning are imported)."""
 
 import logging
+import os
 import warnings
+from pathlib import Path
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as the user would type it: relative to where they ran the command, if inside."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class _DropLightningAdverts(logging.Filter):

@@ -1,19 +1,20 @@
-"""`transferlab-export run=<run dir> format=onnx|torchscript`: a finished run's model as one file
-a deployer runs without transferlab, checked against PyTorch before it is called done.
+"""A finished run's model as one file a deployer runs without transferlab, checked against
+PyTorch before it is called done: `export(run, format="onnx"|"torchscript")`, or
+`transferlab-export run=<run dir> format=...` from the command line.
 
 Writes `<run>/export/` (or `out=`):
 
 - `model.onnx` (ONNX Runtime, any ONNX consumer) or `model.pt` (TorchScript, `torch.jit.load`):
   from a normalised NCHW float32 batch to class probabilities, (N, C) for classification and
-  (N, C, H, W) for segmentation, the same numbers as the module's `predict_step`. The batch axis is
-  dynamic; for the U-Net height and width are too.
+  (N, C, H, W) for a dense task (segmentation), the same numbers as the module's `predict_step`.
+  The batch axis is dynamic; for a dense task height and width are too.
 - `preprocess.json`: what a deployer does before and after the model (the eval transform's resize
   and crop in words and numbers, mean, std, class names, what the output means).
 
 The exported model runs on a few of the run's own val images (its config.yaml's data.root) through
 the eval transform, next to PyTorch, at batch sizes other than the one the export traced (and for
 the U-Net at another height and width); a max abs difference above `tolerance` fails the export.
-Like `transferlab-train` only Hydra is imported at start; torch loads when the export begins.
+Imports nothing heavy at start; torch loads when the export begins.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from transferlab.console import quiet_libraries, shown
 from transferlab.errors import ConfigError
-from transferlab.train import USER_ERRORS, config_dir, finished_run, shown
 
 log = logging.getLogger("transferlab")
 
@@ -86,7 +85,7 @@ def probability_model(module):
     return Probabilities(module.net, module.probabilities).eval()
 
 
-def export_onnx(model, example, path: Path, segmentation: bool, num_classes: int,
+def export_onnx(model, example, path: Path, dense: bool, num_classes: int,
                 opset: int | None) -> int:
     """torch.onnx.export's torch.export-based exporter (dynamo=True, the default of current torch):
     one self-contained file (external weights only past protobuf's 2 GB). Returns the opset."""
@@ -98,7 +97,7 @@ def export_onnx(model, example, path: Path, segmentation: bool, num_classes: int
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.WARNING)
     axes = {0: Dim("batch", min=1)}
-    if segmentation:
+    if dense:
         axes |= {2: Dim("height", min=1), 3: Dim("width", min=1)}
     try:
         program = torch.onnx.export(
@@ -111,9 +110,9 @@ def export_onnx(model, example, path: Path, segmentation: bool, num_classes: int
             f"the ONNX exporter failed on this network: {type(err).__name__}: {first} "
             "(format=torchscript may work; hydra.verbose=transferlab shows the traceback)"
         ) from err
-    # The output's height and width are the input's (the U-Net crops its padding back off):
+    # A dense output's height and width are the input's (the U-Net crops its padding back off):
     # name them so, instead of the exporter's symbolic expressions.
-    dims = ["batch", num_classes, "height", "width"] if segmentation else ["batch", num_classes]
+    dims = ["batch", num_classes, "height", "width"] if dense else ["batch", num_classes]
     program.model.graph.outputs[0].shape = ir.Shape(dims)
     program.save(path)
     return int(program.model.opset_imports[""])
@@ -155,35 +154,18 @@ def exported_runner(path: Path, fmt: str):
 
 
 def deploy_notes(predictor, fmt: str, file: str, opset: int | None) -> dict:
-    """preprocess.json: the eval transform (transferlab.data.*.eval_transform) in words and
-    numbers, and what goes in and comes out of the model."""
+    """preprocess.json: the eval transform in words and numbers (the task's), and what goes in
+    and comes out of the model."""
     import torch
 
-    from transferlab.data.classification import resize_side
-    from transferlab.models.unet import VGGEncoder
-
-    pre = predictor.preprocess
-    task, size = pre["task"], int(pre["image_size"])
-    names = predictor.class_names
-    segmentation = task == "segmentation"
-    if segmentation:
-        resize = {
-            "rule": f"resize the whole image to {size}x{size} (height x width), ignoring its "
-                    "aspect ratio; no crop",
-            "size": [size, size],
-        }
-    else:
-        shorter = resize_side(size)
-        resize = {
-            "rule": f"resize so that the shorter side is {shorter} px (round({size} * 256 / 224)), "
-                    f"keeping the aspect ratio; then crop the central {size}x{size}",
-            "shorter_side": shorter,
-            "center_crop": [size, size],
-        }
+    pre, task = predictor.preprocess, predictor.task
+    size, names = int(pre["image_size"]), predictor.class_names
+    resize = task.describe_resize(pre)
     resize["interpolation"] = "bilinear with antialiasing (torchvision v2.Resize on a PIL image)"
-    spatial = ["height", "width"] if segmentation else [size, size]
+    spatial = ["height", "width"] if task.dense else [size, size]
+    output = task.output_notes(names, size)
     notes = {
-        "task": task,
+        "task": task.name,
         "image_size": size,
         "mean": list(pre["mean"]),
         "std": list(pre["std"]),
@@ -199,38 +181,30 @@ def deploy_notes(predictor, fmt: str, file: str, opset: int | None) -> dict:
         "output": {
             "name": OUTPUT if fmt == "onnx" else "the model's return value",
             "dtype": "float32",
-            "shape": ["batch", len(names), *(spatial if segmentation else [])],
-            "meaning": (
-                "per-pixel class probabilities: channel i is class_names[i], they sum to 1 over "
-                "the channels at each pixel" if segmentation else
-                "class probabilities: column i is class_names[i], each row sums to 1"
-            ),
+            "shape": ["batch", len(names), *(spatial if task.dense else [])],
+            "meaning": output["meaning"],
         },
         "model": {"format": fmt, "file": file, "checkpoint": predictor.checkpoint.name,
                   "torch": torch.__version__.split("+")[0]},
+        "postprocess": output["postprocess"],
     }
     if fmt == "onnx":
         notes["model"]["opset"] = opset
-    if segmentation:
+    if task.dense:
+        multiple = predictor.module.backbone.pads_to
+        padding = (f"the network zero-pads height and width to multiples of {multiple} (bottom, "
+                   "right) and crops its output back" if multiple else "the network keeps it")
         notes["input"]["height_width"] = (
-            f"any size; the network zero-pads height and width to multiples of {VGGEncoder.reduction} "
-            f"(bottom, right) and crops its output back, so the output has the input's height and "
-            f"width. The eval transform (what validation saw) gives {size}x{size}"
+            f"any size; {padding}, so the output has the input's height and width. The eval "
+            f"transform (what validation saw) gives {size}x{size}"
         )
-        notes["postprocess"] = (
-            "to get a mask at the image's own size: resize the probabilities bilinearly "
-            "(align_corners=False) to the original height x width, then take the argmax over the "
-            "class channel; the class id indexes class_names (0: background)"
-        )
-    else:
-        notes["postprocess"] = "the predicted class is the argmax of each row"
     return notes
 
 
 # -- the images the export is checked on ---------------------------------------------------------
 
 
-def val_folder(run_dir: Path, task: str) -> tuple[Path | None, str]:
+def val_folder(run_dir: Path, task) -> tuple[Path | None, str]:
     """The run's val images (from its config.yaml's data.root), or None and why not."""
     config = run_dir / "config.yaml"
     if not config.is_file():
@@ -241,7 +215,7 @@ def val_folder(run_dir: Path, task: str) -> tuple[Path | None, str]:
         return None, f"{config} does not load ({type(err).__name__})"
     if not root:
         return None, f"{config} sets no data.root"
-    folder = Path(root) / "val" / ("images" if task == "segmentation" else "")
+    folder = task.image_folder(Path(root) / "val")
     if not folder.is_dir():
         return None, f"{folder} does not exist (data.root={root} in {config})"
     return folder, ""
@@ -272,13 +246,12 @@ def check_batches(predictor, run_dir: Path, check_images, count: int):
     from torchvision.transforms import v2
 
     from transferlab.data.images import as_rgb, load_rgb
-    from transferlab.data.preprocess import eval_transform
 
     pre = predictor.preprocess
     size = int(pre["image_size"])
-    segmentation = predictor.task == "segmentation"
+    dense = predictor.task.dense
     count = max(int(count), EXAMPLE_BATCH)
-    other = (size + 16, size + 8)  # a height and width the export did not trace, for the U-Net
+    other = (size + 16, size + 8)  # a height and width the export did not trace, if dense
 
     images, source = [], ""
     if check_images:
@@ -298,7 +271,8 @@ def check_batches(predictor, run_dir: Path, check_images, count: int):
                         "pass check_images=<folder> to check on real images", why)
     if sources:
         images = [load_rgb(s) if isinstance(s, Path) else as_rgb(s) for s in sources]
-        x = torch.stack([eval_transform(pre)(i) for i in images])
+        transform = predictor.transform()
+        x = torch.stack([transform(i) for i in images])
         if len(x) < EXAMPLE_BATCH:  # one image: its mirror image makes the second
             x = torch.cat([x, x.flip(-1)])
         source = f"{len(images)} image(s): {source}"
@@ -308,7 +282,7 @@ def check_batches(predictor, run_dir: Path, check_images, count: int):
         source = f"{count} random tensors (no images)"
 
     batches = [(f"batch {len(x)} at {size}x{size}", x), (f"batch 1 at {size}x{size}", x[:1])]
-    if segmentation:
+    if dense:
         if images:
             resized = v2.Compose([
                 v2.ToImage(), v2.Resize(other, antialias=True), v2.ToDtype(torch.float32, scale=True),
@@ -369,23 +343,22 @@ def export(run: str | Path, format: str = "onnx", checkpoint: str = "best",
     elif opset is not None:
         log.warning("opset=%s is for format=onnx; TorchScript has no opset", opset)
 
-    from transferlab.console import quiet_libraries
     from transferlab.inference import load
 
     quiet_libraries()
     run_dir = Path(run)
     predictor = load(run_dir, checkpoint, device="cpu")
-    segmentation = predictor.task == "segmentation"
     example, batches, source = check_batches(predictor, run_dir, check_images, check_count)
     out_dir = Path(out) if out else run_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILES[fmt]
     model = probability_model(predictor.module)
-    log.info("exporting %s (%s, %s) to %s", shown(predictor.checkpoint), predictor.task,
+    log.info("exporting %s (%s, %s) to %s", shown(predictor.checkpoint), predictor.task.name,
              type(predictor.module.net).__name__, shown(path))
     used_opset = None
     if fmt == "onnx":
-        used_opset = export_onnx(model, example, path, segmentation, len(predictor.class_names), opset)
+        used_opset = export_onnx(model, example, path, predictor.task.dense, len(predictor.class_names),
+                                 opset)
     else:
         export_torchscript(model, example, path)
     notes_path = out_dir / "preprocess.json"
@@ -394,35 +367,6 @@ def export(run: str | Path, format: str = "onnx", checkpoint: str = "best",
     diffs = compare(predictor, exported_runner(path, fmt), batches, float(tolerance), path)
     return {
         "format": fmt, "model": path, "preprocess": notes_path, "checkpoint": predictor.checkpoint,
-        "task": predictor.task, "opset": used_opset, "checked_on": source, "diffs": diffs,
+        "task": predictor.task.name, "opset": used_opset, "checked_on": source, "diffs": diffs,
         "max_abs_diff": max(d for _, d in diffs), "tolerance": float(tolerance),
     }
-
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
-def main(cfg: DictConfig) -> None:
-    check_images = cfg.check_images
-    if isinstance(check_images, ListConfig):
-        check_images = OmegaConf.to_container(check_images)
-    try:
-        finished_run(cfg)
-        done = export(cfg.run, cfg.format, cfg.checkpoint, cfg.out, cfg.opset, cfg.tolerance,
-                      check_images, cfg.check_count)
-    except (*USER_ERRORS, ExportError) as err:
-        log.error("%s", err)
-        log.debug("where it failed", exc_info=err)
-        sys.exit(1)
-    lines = [
-        ("model", shown(done["model"]) + (f" (ONNX opset {done['opset']})" if done["opset"] else "")),
-        ("preprocess", shown(done["preprocess"])),
-        ("checkpoint", shown(done["checkpoint"])),
-        ("checked on", done["checked_on"]),
-        *((f"  {label}", f"max abs diff {d:.2e}") for label, d in done["diffs"]),
-        ("max diff",
-         f"{done['max_abs_diff']:.2e} <= tolerance {done['tolerance']:g}: matches PyTorch"),
-    ]
-    log.info("exported:\n%s", "\n".join(f"  {k:<18}  {v}" for k, v in lines))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""`trainer=fast`: numeric and loader speed-ups that keep the result (see docs/performance.md)."""
+"""`trainer=fast`, a speed-up outside the core: numeric and layout speed-ups that keep the result
+(see docs/performance.md). The core imports nothing from here; its config attaches it."""
 
 import logging
 
@@ -6,21 +7,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
+from transferlab.devices import cpu_has_bf16
+
 log = logging.getLogger(__name__)
 
 
-def cpu_has_bf16() -> bool:
-    # torch exposes the CPU feature probes only privately; missing probes mean "no".
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
-
-
 def fast_precision(accelerator: str = "auto") -> Precision:
-    """bf16 autocast where the hardware computes in bf16, else fp32.
-
-    A CPU without AVX512-BF16 or AMX emulates bf16: ResNet-18 trained ~10x slower than in fp32
-    on an AVX2-only EPYC, so `bf16-mixed` there is a slow-down, not a speed-up.
-    """
+    """bf16 autocast where the hardware computes in bf16, else fp32: a CPU without AVX512-BF16
+    or AMX emulates bf16, so `bf16-mixed` there is a slow-down, not a speed-up."""
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if gpu and torch.cuda.is_bf16_supported():
         log.info("fast preset: bf16 autocast on the GPU")
@@ -36,9 +30,7 @@ class FastTraining(Callback):
     """The fast preset's model tweaks: channels_last conv weights, optional torch.compile. (Its
     loader settings are plain data values: `data.num_workers: auto`, `data.pin_memory: auto`.)"""
 
-    def __init__(self, channels_last: bool = True, compile: bool = False, num_workers=None, pin_memory=None):
-        # num_workers / pin_memory: only so that runs saved before they became data.* values
-        # still resume; the datamodule decides now, and these are ignored.
+    def __init__(self, channels_last: bool = True, compile: bool = False):
         self.channels_last = channels_last
         self.compile = compile
 

@@ -1,7 +1,8 @@
-"""One training run: compose data, model, freeze strategy and trainer from the config and fit.
+"""One training run: compose data, model, freeze strategy and trainer from a config and fit.
 
-`transferlab.train` (the Hydra app) imports this module only once a run starts, so `--help`,
-`--cfg` and config errors answer without loading torch and Lightning.
+`fit(cfg, run_dir)` takes the config `transferlab-train` composes (or `transferlab.config.compose`
+from Python) and needs no Hydra app; `transferlab.cli.train` imports it once a run starts, so
+`--help`, `--cfg` and config errors answer without loading torch and Lightning.
 """
 
 import difflib
@@ -10,51 +11,24 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.callbacks import EpochSeed, RunSummary
 from transferlab.class_weights import decide_class_weights, describe
 from transferlab.console import quiet_libraries
-from transferlab.data.images import write_bad_files
+from transferlab.data.images import listed
 from transferlab.data.splits import write_record
-from transferlab.errors import BadFilesError, ConfigError
-from transferlab.summary import update_summary
-from transferlab.train import swept_hparams
+from transferlab.devices import resolve
+from transferlab.errors import ConfigError
+from transferlab.summary import update_summary, write_config
 
 log = logging.getLogger("transferlab")
 
 
 def plain(cfg: DictConfig | None) -> dict | None:
+    """Plain containers, not DictConfigs: checkpoints then load anywhere with weights_only=True."""
     return None if cfg is None else OmegaConf.to_container(cfg, resolve=True)
-
-
-def device_count(trainer_cfg: DictConfig) -> int:
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    if devices in ("auto", -1, "-1"):
-        return torch.cuda.device_count() if trainer_cfg.get("accelerator") in ("gpu", "cuda") else 1
-    return int(devices)
-
-
-def check_multirun_strategy(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
-    """Lightning's `ddp` starts the other ranks by re-running the command line; under `-m` that
-    re-runs the whole sweep in every rank. Spawned ranks, and ranks that SLURM starts (the
-    submitit launcher), re-run nothing."""
-    processes = device_count(cfg.trainer) * int(cfg.trainer.get("num_nodes", 1))
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    relaunches = not ("spawn" in strategy or "fork" in strategy)
-    by_cluster = "submitit" in str(hydra_cfg.launcher.get("_target_", ""))
-    if hydra_cfg.mode == RunMode.MULTIRUN and processes > 1 and relaunches and not by_cluster:
-        raise ConfigError(
-            f"trainer.strategy={strategy} with {processes} processes cannot run inside a Hydra "
-            "multirun (-m): it re-executes the command line, which would start the sweep again in "
-            "every rank. Use trainer.strategy=ddp_spawn for sweeps, or launch each run on its own."
-        )
 
 
 def check_trainer(trainer_cfg: DictConfig) -> None:
@@ -72,12 +46,9 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
             "--cfg job shows them) and set without '+': trainer.<name>=<value>"
         )
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} but torch sees no CUDA GPU on this machine "
-            f"(torch {torch.__version__}). Use trainer=cpu, or trainer=default, which picks the "
-            "GPU when there is one."
-        )
+    if accelerator in ("gpu", "cuda"):
+        resolve(accelerator, key="trainer.accelerator",
+                fix="Use trainer=cpu, or trainer=default, which picks the GPU when there is one")
 
 
 def check_monitor(monitor: str, model) -> None:
@@ -89,55 +60,66 @@ def check_monitor(monitor: str, model) -> None:
                           f"of {', '.join(known)} (and monitor_mode=max or min to match)")
 
 
-def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> float | None:
-    """The best monitor value, which a Hydra sweeper that optimises (Optuna, Ax) reads."""
-    quiet_libraries()
-    check_multirun_strategy(cfg, HydraConfig.get())
-    check_trainer(cfg.trainer)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
+def build_data(cfg: DictConfig, run_dir: Path):
+    """The datamodule, set up (every file checked, the split made), normalised as `init` says."""
     init = instantiate(cfg.init)
     # The one place the normalisation is decided: the pretrained weights' own, else ImageNet's.
     mean, std = init.normalization(get_class(cfg.backbone._target_), cfg.backbone.name)
     datamodule = instantiate(cfg.data, mean=cfg.data.get("mean") or mean, std=cfg.data.get("std") or std)
     datamodule.prepare_data()
-    try:
-        datamodule.setup("fit")
-    except BadFilesError as err:
-        write_bad_files(run_dir / "bad_files.txt", err.bad)
-        raise
-    if datamodule.bad_files:
-        write_bad_files(run_dir / "bad_files.txt", datamodule.bad_files)
 
-    num_classes = cfg.model.get("num_classes") or len(datamodule.classes)
-    if num_classes != len(datamodule.classes):
-        raise ConfigError(
-            f"model.num_classes={num_classes} but {datamodule.root} has "
-            f"{len(datamodule.classes)} classes {datamodule.classes}"
-        )
-    # Plain dicts, not DictConfigs, so checkpoints load anywhere with weights_only=True.
+    def setup():
+        datamodule.setup("fit")
+        return datamodule, datamodule.bad_files
+
+    listed(run_dir / "bad_files.txt", setup)
+    return datamodule, init
+
+
+def build_model(cfg: DictConfig, datamodule):
+    """The LightningModule of `cfg.model`, sized and named by the data."""
+    classes = list(datamodule.classes)
+    num_classes = cfg.model.get("num_classes") or len(classes)
+    if num_classes != len(classes):
+        raise ConfigError(f"model.num_classes={num_classes} but {datamodule.root} has "
+                          f"{len(classes)} classes {classes}")
     model_args = plain(cfg.model)
+    module_class = get_class(model_args.pop("_target_"))
+    if module_class.task != datamodule.task:
+        raise ConfigError(f"model {module_class.__name__} is for task {module_class.task}, but "
+                          f"data {type(datamodule).__name__} holds {datamodule.task} data")
     if "class_weights" in model_args:
         model_args["class_weights"] = decide_class_weights(
-            model_args["class_weights"], datamodule.train_class_counts(), list(datamodule.classes))
+            model_args["class_weights"], datamodule.train_class_counts(), classes)
         log.info("class weights in the loss (model.class_weights=%s): %s", cfg.model.class_weights,
-                 describe(model_args["class_weights"], list(datamodule.classes)))
-    model = get_class(model_args.pop("_target_"))(
+                 describe(model_args["class_weights"], classes))
+    return module_class(
         **model_args | {"num_classes": num_classes},
-        backbone=plain(cfg.backbone),
-        freeze=plain(cfg.freeze),
-        optimizer=plain(cfg.optimizer),
-        scheduler=plain(cfg.get("scheduler")),
-        class_names=list(datamodule.classes),
-        preprocess=datamodule.preprocess,
+        backbone=plain(cfg.backbone), freeze=plain(cfg.freeze), optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")), class_names=classes, preprocess=datamodule.preprocess,
     )
+
+
+def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None,
+        hparams: dict | None = None) -> float | None:
+    """Train as `cfg` says into `run_dir` (continuing from `ckpt_path` if given), then score the
+    checkpoint validation chose on the test split, if there is one. `hparams`: the settings the
+    run is compared by (logged with its best value). Returns the best monitor value, which a
+    Hydra sweeper that optimises (Optuna) reads."""
+    quiet_libraries()
+    run_dir = Path(run_dir)
+    if ckpt_path is None and not (run_dir / "config.yaml").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, cfg)  # the run dir describes itself, however fit was called
+    check_trainer(cfg.trainer)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, init = build_data(cfg, run_dir)
+    model = build_model(cfg, datamodule)
     model.backbone.check_image_size(datamodule.image_size)
     check_monitor(cfg.monitor, model)
     init(model.backbone)
 
-    summary = RunSummary(
-        run_dir / "summary.json", cfg.monitor, cfg.monitor_mode, hparams=swept_hparams(cfg)
-    )
+    summary = RunSummary(run_dir / "summary.json", cfg.monitor, cfg.monitor_mode, hparams=hparams)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [summary, EpochSeed(cfg.seed)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

@@ -1,47 +1,29 @@
 """Use a finished run: `transferlab.load(run_dir).predict(images)`.
 
 A run dir is self-describing: its checkpoints hold the network, the class names and the eval
-preprocessing (`preprocess` hyperparameter), so inference needs neither the training data nor the
-configs, and the run dir can move to another machine.
+preprocessing (`preprocess` hyperparameter, which names the task), so inference needs neither the
+training data nor the configs, and the run dir can move to another machine.
 """
 
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from transferlab import tasks
 from transferlab.data.images import as_rgb, find_bad_files, is_image_name, load_rgb
-from transferlab.data.preprocess import eval_transform
+from transferlab.devices import resolve
 from transferlab.errors import ConfigError, DataError
 from transferlab.summary import read_summary
 
-MODULES = {
-    "classification": "transferlab.modules.classification.ClassificationModule",
-    "segmentation": "transferlab.modules.segmentation.SegmentationModule",
-}
 TTA = (None, "hflip")
 Source = Path | Image.Image
-
-
-@dataclass
-class ClassPrediction:
-    source: str
-    label: str
-    probabilities: dict[str, float]
-
-
-@dataclass
-class MaskPrediction:
-    source: str
-    mask: np.ndarray  # (H, W) uint8 class ids, at the input image's own size
-    foreground_fraction: float  # pixels of any class but the first (background)
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
@@ -66,9 +48,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
 
 def load(run: str | Path, checkpoint: str = "best", device: str | torch.device | None = None) -> Predictor:
     """A finished run's model, ready to predict. `checkpoint`: best | last | a .ckpt path;
-    `device`: e.g. "cpu", "cuda"; default: the GPU if there is one."""
-    from hydra.utils import get_class
-
+    `device`: auto (None: the GPU if there is one), cpu, cuda, cuda:N."""
     run_dir = Path(run)
     if not run_dir.is_dir():
         raise ConfigError(f"run dir {run_dir} does not exist")
@@ -77,10 +57,10 @@ def load(run: str | Path, checkpoint: str = "best", device: str | torch.device |
     preprocess = hparams.get("preprocess")
     if not preprocess:
         raise ConfigError(f"{path} has no preprocessing record: it comes from an older transferlab")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    module = get_class(MODULES[preprocess["task"]]).load_from_checkpoint(
-        path, map_location=device, weights_only=True
-    )
+    device = torch.device(resolve(None if device is None else str(device)) or
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    task = tasks.get(preprocess["task"])
+    module = task.module.load_from_checkpoint(path, map_location=device, weights_only=True)
     return Predictor(module.eval(), preprocess, device, path)
 
 
@@ -130,12 +110,16 @@ class Predictor:
     checkpoint: Path
 
     @property
-    def task(self) -> str:
-        return self.preprocess["task"]
+    def task(self) -> tasks.Task:
+        return tasks.get(self.preprocess["task"])
 
     @property
     def class_names(self) -> list[str]:
         return list(self.module.hparams.class_names)
+
+    def transform(self):
+        """The eval transform the run validated with, from its checkpoint's record."""
+        return self.task.eval_transform(self.preprocess)
 
     def usable(self, inputs, on_bad_file: str = "warn") -> tuple[list[Source], list[tuple[Path, str]]]:
         """The inputs that decode, and the (file, reason) of those that do not, by the training
@@ -150,42 +134,35 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        """Class probabilities: (N, C) for classification, (N, C, H, W) for segmentation."""
+        """Class probabilities: (N, C), or (N, C, H, W) for a dense task."""
         if tta not in TTA:
             raise ConfigError(f"tta={tta!r}; choose one of {TTA}")
         x = x.to(self.device)
         probs = self.module.predict_step(x, 0)
         if tta == "hflip":
-            flipped = self.module.predict_step(x.flip(-1), 0)
-            probs = (probs + (flipped.flip(-1) if self.task == "segmentation" else flipped)) / 2
+            probs = (probs + self.task.flip_back(self.module.predict_step(x.flip(-1), 0))) / 2
         return probs
 
-    def batches(self, sources: list[Source], batch_size: int = 8, num_workers: int = 0):
+    def predicted(self, sources: list[Source], batch_size: int = 8, num_workers: int = 0,
+                  tta: str | None = None) -> Iterator[tuple[int, torch.Tensor, list[int]]]:
+        """(index into `sources`, probabilities on the CPU, (height, width)) per image, in order."""
         loader = DataLoader(
-            Images(sources, eval_transform(self.preprocess)), batch_size=batch_size,
-            num_workers=num_workers, pin_memory=self.device.type == "cuda",
+            Images(sources, self.transform()), batch_size=batch_size, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
         )
-        yield from loader
+        for x, index, sizes in loader:
+            probs = self.probabilities(x, tta).float().cpu()
+            yield from zip(index.tolist(), probs, sizes.tolist())
 
     def predict(self, inputs, batch_size: int = 8, num_workers: int = 0, tta: str | None = None,
-                on_bad_file: str = "warn") -> list[ClassPrediction | MaskPrediction]:
-        """One prediction per usable image (paths, folders, globs or PIL images), in order."""
+                on_bad_file: str = "warn") -> list:
+        """One prediction per usable image (paths, folders, globs or PIL images), in order: the
+        task's (a class and its probabilities; a mask at the image's own size)."""
         sources, _ = self.usable(inputs, on_bad_file)
         if not sources:
             raise DataError(f"no usable image in {inputs}")
-        results = []
-        for x, index, sizes in self.batches(sources, batch_size, num_workers):
-            probs = self.probabilities(x, tta).float().cpu()
-            for i, p, size in zip(index.tolist(), probs, sizes.tolist()):
-                name = str(sources[i]) if isinstance(sources[i], Path) else f"<image {i}>"
-                results.append(self.result(name, p, size))
-        return results
+        return [self.result(str(sources[i]) if isinstance(sources[i], Path) else f"<image {i}>", p, size)
+                for i, p, size in self.predicted(sources, batch_size, num_workers, tta)]
 
     def result(self, source: str, probs: torch.Tensor, size: list[int]):
-        if self.task == "classification":
-            names = self.class_names
-            return ClassPrediction(source, names[int(probs.argmax())], dict(zip(names, probs.tolist())))
-        # Back to the image's own size: probabilities resized, then the most likely class.
-        full = F.interpolate(probs[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-        mask = full.argmax(0).to(torch.uint8).numpy()
-        return MaskPrediction(source, mask, float((mask > 0).mean()))
+        return self.task.prediction(source, probs, size, self.class_names)

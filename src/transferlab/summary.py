@@ -1,9 +1,19 @@
-"""`summary.json`: the one file that says how a run went; the closing block and the sweep
-report read it, the `RunSummary` callback (`transferlab.callbacks`) writes it. Imports nothing
-heavy, so a run that fails before torch loads still records why."""
+"""A run dir's record of itself: `config.yaml`, the composed config it runs with (what resume
+restores), and `summary.json`, the one file that says how it went (the closing block and the sweep
+report read it, the `RunSummary` callback writes it). Imports nothing heavy, so a run that fails
+before torch loads still records why."""
 
 import json
 from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """config.yaml: the config resolved, so the run dir describes itself without Hydra (Hydra's
+    own settings, present when composed from Python, left out)."""
+    own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(own, resolve=True))
 
 
 def update_summary(path: Path, **fields) -> None:
@@ -16,3 +26,9 @@ def update_summary(path: Path, **fields) -> None:
 
 def read_summary(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def test_metric(monitor: str) -> str:
+    """The test split's name for the monitor's metric (val/acc -> test/acc): what the run scores
+    once, at the checkpoint the monitor chose."""
+    return "test/" + monitor.split("/", 1)[-1]

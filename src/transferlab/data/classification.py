@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import ClassBalanced, EpochSampler, SeededLoaders
-from transferlab.data.splits import Item, identical_files
+from transferlab.data.splits import SPLITS, Item, identical_files
 from transferlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-SPLIT_FOLDERS = ("train", "val", "test")  # never class names: in one folder, test/ is the test split
 SAMPLERS = ("shuffle", "balanced")  # data.sampler
 
 
@@ -92,7 +91,6 @@ class ImageFolderDataModule(SeededLoaders):
         self.download_md5 = download_md5
         self.classes: list[str] = []
         self.class_dir = self.root / "train"  # where the class map comes from: train/ or root
-        self.cached: dict[str, Dataset] | None = None
 
     def prepare_data(self) -> None:
         if not self.root.exists():  # only a missing root is downloaded; a single folder is fine
@@ -137,7 +135,8 @@ class ImageFolderDataModule(SeededLoaders):
     def find_files(self) -> dict[str, dict[str, list[Path]]]:
         """Split folder (`train` for a single folder) -> class -> image files; sets the class map."""
         self.class_dir = self.root / "train" if (self.root / "train").is_dir() else self.root
-        self.classes = [c for c in class_folders(self.class_dir) if c not in SPLIT_FOLDERS]
+        # Split folders are never class names: in one folder, test/ is the test split.
+        self.classes = [c for c in class_folders(self.class_dir) if c not in SPLITS]
         if not self.classes:
             raise DataError(
                 f"dataset not found: {self.root} has no class folders; expected "
@@ -145,7 +144,7 @@ class ImageFolderDataModule(SeededLoaders):
                 f"{self.root}/train/<class>/<image> with val/ (and test/) beside it"
             )
         if self.class_dir == self.root:
-            found = {"train": self.files_in(self.root, skip=SPLIT_FOLDERS)}
+            found = {"train": self.files_in(self.root, skip=SPLITS)}
             if (self.root / "val").is_dir():
                 raise DataError(f"{self.root} holds class folders and a val/ folder but no "
                                 "train/: put the training classes under train/, or drop val/ and "
@@ -192,17 +191,11 @@ class ImageFolderDataModule(SeededLoaders):
                             "has no usable images")
         return samples
 
-    def feature_sources(self, augmented: bool) -> dict[str, LabelledImages]:
-        """The image sets a feature cache encodes: val as always; train through the train
-        transform when `augmented`, else through the val transform (fixed centre crops)."""
+    def images_to_encode(self, augmented: bool) -> dict[str, LabelledImages]:
         if augmented:
             return {"train": self.train_set, "val": self.val_set}
         fixed = eval_transform(self.image_size, self.mean, self.std)
         return {"train": LabelledImages(self.train_set.samples, fixed), "val": self.val_set}
-
-    def use_cached(self, sets: dict[str, Dataset] | None) -> None:
-        """Serve these in-memory datasets (split -> dataset) instead of the images; None: images."""
-        self.cached = sets
 
     def train_class_counts(self) -> list[int]:
         """Training images per class, in class order."""
@@ -211,24 +204,8 @@ class ImageFolderDataModule(SeededLoaders):
 
     def train_sampler(self, size: int) -> EpochSampler:
         if self.sampler == "balanced":
-            # The cached train set keeps the order of train_set.samples, so these labels fit both.
+            # A served train set keeps the order of train_set.samples, so these labels fit both.
             return ClassBalanced([label for _, label in self.train_set.samples], self.seed,
                                  self._current_epoch)
         return super().train_sampler(size)
 
-    def train_dataloader(self) -> DataLoader:
-        if self.cached:
-            # In-memory tensors that draw their own views: no per-sample seeding, no worker
-            # process (it would only copy them), whole batches at a time.
-            cached = self.cached["train"]
-            sampler = self.train_sampler(len(cached))
-            return DataLoader(cached, self.batch_size, sampler=sampler, collate_fn=cached.collate)
-        return self._seeded_loader(self.train_set)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.cached:
-            # The cache knows what its batches cost: a head alone validates in one product.
-            cached = self.cached["val"]
-            batch_size = cached.eval_batch_size or self.batch_size
-            return DataLoader(cached, batch_size, collate_fn=cached.collate)
-        return self._loader(self.val_set)

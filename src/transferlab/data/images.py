@@ -9,8 +9,10 @@ skips them with one line naming them. The caller writes the full list to `bad_fi
 """
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -21,6 +23,7 @@ from transferlab.errors import BadFilesError, ConfigError, first_few
 log = logging.getLogger(__name__)
 
 BAD_FILE_POLICIES = ("error", "warn", "skip")
+T = TypeVar("T")
 
 
 def is_image_name(path: Path) -> bool:
@@ -86,3 +89,18 @@ def write_bad_files(path: Path, bad: list[tuple[Path, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{f}\t{why}\n" for f, why in bad))
     log.info("all %d unusable file(s), with the reasons, are listed in %s", len(bad), path)
+
+
+def listed(path: Path, check: Callable[[], tuple[T, list[tuple[Path, str]]]]) -> tuple[T, list]:
+    """Run `check`, which returns (its result, the bad files it left out) or raises a
+    BadFilesError naming them, and list every bad file in `path` either way (a list left from an
+    earlier run into the same place goes first)."""
+    path.unlink(missing_ok=True)
+    try:
+        result, bad = check()
+    except BadFilesError as err:
+        write_bad_files(path, err.bad)
+        raise
+    if bad:
+        write_bad_files(path, bad)
+    return result, bad

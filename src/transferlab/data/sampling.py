@@ -15,14 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.images import check_policy
-from transferlab.errors import ConfigError
 from transferlab.data.splits import Item, SplitSettings, describe, record, split_files
-from transferlab.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from transferlab.errors import ConfigError
+from transferlab.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 
-def _mix(*numbers: int) -> int:
+def mix_seeds(*numbers: int) -> int:
+    """One seed from several (seed, epoch, sample, ...), the same on every machine."""
     g = torch.Generator().manual_seed(0)
     for n in numbers:
         g.manual_seed(int(torch.randint(2**62, (1,), generator=g)) ^ (n & (2**62 - 1)))
@@ -50,7 +51,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         epoch = self.current_epoch()
-        g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        g = torch.Generator().manual_seed(mix_seeds(self.seed, epoch))
         return iter([(i, epoch) for i in self.order(g)])
 
 
@@ -99,7 +100,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
-            torch.manual_seed(_mix(self.seed, epoch, index))
+            torch.manual_seed(mix_seeds(self.seed, epoch, index))
             return self.dataset[index]
 
 
@@ -168,15 +169,32 @@ class SeededLoaders(L.LightningDataModule):
         self.layout = ""  # which folder layout setup found, as split.json records it
         self.split: dict[str, list[Item]] = {}  # train / val / test items, set by setup
         self.bad_files: list[tuple[Path, str]] = []  # (file, reason) skipped at setup: bad_files.txt
+        self.served: dict[str, Dataset] | None = None  # what the loaders serve instead of images
+        self.served_val_batch_size: int | None = None
 
-    task: str  # "classification" | "segmentation": which eval transform `preprocess` names
+    task: str  # the task whose module this data feeds (the module's `task`)
 
     @property
     def preprocess(self) -> dict:
         """Everything inference needs to see an image as validation does; stored in checkpoints
-        and read back by `transferlab.data.preprocess.eval_transform`."""
+        and read back by the task's eval transform (`transferlab.tasks`)."""
         return {"task": self.task, "image_size": self.image_size, "mean": list(self.mean),
                 "std": list(self.std)}
+
+    # -- the feature cache's contact (transferlab.cache): these two methods, nothing else ---------
+
+    def images_to_encode(self, augmented: bool) -> dict[str, Dataset] | None:
+        """The train and val images as the loaders would serve them, for precomputing what the
+        network's frozen part makes of them: train through the train transform when `augmented`,
+        else through the val transform (fixed crops). None: this data cannot be served that way."""
+        return None
+
+    def serve(self, datasets: dict[str, Dataset] | None, val_batch_size: int | None = None) -> None:
+        """From the next loader on, serve these in-memory datasets (split -> a Dataset whose
+        `__getitems__` returns a whole batch) instead of the images, validating in batches of
+        `val_batch_size` (None: the training batch size); None: the images again."""
+        self.served = datasets
+        self.served_val_batch_size = val_batch_size
 
     def make_split(self, found: dict[str, list[Item]], layout: str) -> dict[str, list[Item]]:
         """Split the `found` items (split folder -> items) and log the class counts per split."""
@@ -222,10 +240,24 @@ class SeededLoaders(L.LightningDataModule):
         return self._loader(SeededSamples(dataset, self.seed), sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
+        if self.served:
+            # In-memory tensors that draw their own views: no per-sample seeding, no worker
+            # process (it would only copy them), whole batches at a time.
+            served = self.served["train"]
+            sampler = self.train_sampler(len(served))
+            return DataLoader(served, self.batch_size, sampler=sampler, collate_fn=_whole_batch)
         return self._seeded_loader(self.train_set)
 
     def val_dataloader(self) -> DataLoader:
+        if self.served:
+            batch_size = self.served_val_batch_size or self.batch_size
+            return DataLoader(self.served["val"], batch_size, collate_fn=_whole_batch)
         return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
+
+
+def _whole_batch(batch):
+    """A served dataset's `__getitems__` returns the batch whole: nothing to collate."""
+    return batch

@@ -21,13 +21,12 @@ from torchvision.transforms import v2
 
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import SeededLoaders
-from transferlab.data.splits import Item, identical_files
+from transferlab.data.splits import SPLITS, Item, identical_files
 from transferlab.errors import ConfigError, DataError, first_few
 
 log = logging.getLogger(__name__)
 
 MASK_MODES = ("binary", "multiclass")
-SPLITS = ("train", "val", "test")
 Pair = tuple[Path, Path]
 
 

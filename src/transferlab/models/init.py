@@ -6,13 +6,8 @@ import torch
 from torch import nn
 
 from transferlab.errors import ConfigError
-from transferlab.models.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Backbone,
-    Normalization,
-    load_state_dict_file,
-)
+from transferlab.models.backbones import Backbone, load_state_dict_file
+from transferlab.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """What every transferlab LightningModule shares: the backbone, its stages, the freeze strategy,
 the learning rate of every param group, freeze-aware train()."""
 
+import abc
 import logging
 
 import lightning as L
@@ -9,9 +10,19 @@ from hydra.utils import instantiate
 
 from transferlab.errors import ConfigError
 from transferlab.freeze import is_frozen
-from transferlab.models.backbones import Backbone, CachedInputs, Stages, stage_modules, stage_parameters
+from transferlab.models.backbones import Backbone, Stages, stage_modules, stage_parameters
 
 log = logging.getLogger(__name__)
+
+
+class Precomputed(abc.ABC):
+    """A batch's inputs that hold what part of the network computed already (the feature cache,
+    `transferlab.cache`, serves them): `logits()` runs the rest. A module needs to know nothing
+    more about where they came from."""
+
+    @abc.abstractmethod
+    def logits(self) -> torch.Tensor:
+        """The network's output for these inputs."""
 
 
 class TransferModule(L.LightningModule):
@@ -22,7 +33,9 @@ class TransferModule(L.LightningModule):
     uses lr x (batch size x devices x accumulation) / reference (the linear scaling rule).
     """
 
-    task: str  # "classification" | "segmentation": what the backbone must build
+    task: str  # the task's name (`transferlab.tasks`)
+    dense: bool  # per-pixel outputs (segmentation) or one per image: what the backbone must build
+    backbone_hint: str  # a backbone that does, for the error when one does not
 
     def __init__(
         self,
@@ -40,12 +53,12 @@ class TransferModule(L.LightningModule):
         # Collects the subclass's own arguments too.
         self.save_hyperparameters(logger=False)
         self.backbone: Backbone = instantiate(backbone, num_classes=self.net_outputs(num_classes))
-        if self.backbone.task != self.task:
+        if self.backbone.dense != self.dense:
+            builds = "per-pixel outputs" if self.backbone.dense else "one output per image"
             raise ConfigError(
-                f"backbone {backbone.get('name')!r} builds a {self.backbone.task} network "
-                f"({type(self.backbone.net).__name__}) but task={self.task}; "
-                + ("use backbone=unet_vgg16_bn" if self.task == "segmentation"
-                   else "use a classifier backbone such as backbone=resnet18")
+                f"backbone {backbone.get('name')!r} builds a network with {builds} "
+                f"({type(self.backbone.net).__name__}), not what task={self.task} needs; use "
+                f"{self.backbone_hint}"
             )
         self.net = self.backbone.net
         self.freeze_strategy = instantiate(freeze)
@@ -67,11 +80,9 @@ class TransferModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def logits(self, batch) -> torch.Tensor:
-        """From images, or from the feature cache's outputs of the frozen stages."""
-        if isinstance(batch, CachedInputs):
-            return self.backbone.forward_from(batch.cut, batch.features)
-        return self(batch[0])
+    def logits(self, inputs) -> torch.Tensor:
+        """The network's output for a batch's inputs: images, or `Precomputed` inputs."""
+        return inputs.logits() if isinstance(inputs, Precomputed) else self(inputs)
 
     def configure_callbacks(self):
         return [self.freeze_strategy]

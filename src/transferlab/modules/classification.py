@@ -20,6 +20,8 @@ class ClassificationModule(TransferModule):
     """A classifier backbone with a new head, trained by a freeze strategy."""
 
     task = "classification"
+    dense = False
+    backbone_hint = "a classifier backbone such as backbone=resnet18"
 
     def __init__(self, *, class_weights: list[float] | None = None, **common):
         """`class_weights`: one loss weight per class (`transferlab.class_weights` decides them),
@@ -50,7 +52,8 @@ class ClassificationModule(TransferModule):
         self.val_acc_best.reset()  # forget the sanity check
 
     def training_step(self, batch, batch_idx):
-        logits, y = self.logits(batch), batch[1]
+        x, y = batch
+        logits = self.logits(x)
         loss = self.criterion(logits, y)
         # update(), not __call__, and logged once per epoch: per-batch values are never shown,
         # and computing or logging them costs more than a whole step on cached features.
@@ -66,7 +69,8 @@ class ClassificationModule(TransferModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        logits, y = self.logits(batch), batch[1]
+        x, y = batch
+        logits = self.logits(x)
         self.val_loss.update(self.criterion(logits, y), weight=len(y))
         self.val_acc.update(logits, y)
         self.val_balanced_acc.update(logits, y)
@@ -90,7 +94,7 @@ class ClassificationModule(TransferModule):
                 logger.experiment.add_figure("val/confusion_matrix", fig, self.current_epoch)
                 plt.close(fig)
 
-    # Test: once, after fit, on the checkpoint chosen on val (transferlab.fit.test_selected).
+    # Test: once, after fit, on the checkpoint chosen on val (transferlab.fit).
     def on_test_start(self) -> None:
         # Made here, not in __init__: only runs with a test split need them, and metrics hold no
         # persistent state, so checkpoints keep their keys either way.
@@ -103,7 +107,8 @@ class ClassificationModule(TransferModule):
         }).to(self.device)
 
     def test_step(self, batch, batch_idx):
-        logits, y = self.logits(batch), batch[1]
+        x, y = batch
+        logits = self.logits(x)
         self.test_loss.update(self.criterion(logits, y), weight=len(y))
         self.log("test/loss", self.test_loss, on_epoch=True)
         for name, metric in self.test_scores.items():

@@ -40,6 +40,8 @@ class SegmentationModule(TransferModule):
     """
 
     task = "segmentation"
+    dense = True
+    backbone_hint = "a segmentation backbone such as backbone=unet_vgg16_bn"
 
     def __init__(self, *, loss: str = "auto", logged_images: int = 4, **common):
         super().__init__(**common)
@@ -74,7 +76,7 @@ class SegmentationModule(TransferModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.logits(batch)
+        logits = self.logits(x)
         loss = self.criterion(logits, y)
         self.train_loss(loss)
         self.train_dice(self.labels(logits.detach()), y)
@@ -89,7 +91,7 @@ class SegmentationModule(TransferModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        logits = self.logits(x)
         predicted = self.labels(logits)
         self.val_loss(self.criterion(logits, y))
         self.val_dice(predicted, y)
@@ -114,8 +116,7 @@ class SegmentationModule(TransferModule):
         """Mean Dice and IoU over classes and per class, as `<prefix>/dice`, `<prefix>/dice/<class>`
         and so on; resets the metrics."""
         dice = dice_metric.compute()
-        iou = iou_metric.compute().float()
-        iou[iou < 0] = float("nan")  # MeanIoU marks classes seen in no image with -1
+        iou = present(iou_metric.compute())
         dice_metric.reset()
         iou_metric.reset()
         # nanmean: classes absent from every image and prediction are NaN
@@ -124,7 +125,7 @@ class SegmentationModule(TransferModule):
             scores |= {f"{prefix}/dice/{name}": class_dice, f"{prefix}/iou/{name}": class_iou}
         return scores
 
-    # Test: once, after fit, on the checkpoint chosen on val (transferlab.fit.test_selected).
+    # Test: once, after fit, on the checkpoint chosen on val (transferlab.fit).
     def on_test_start(self) -> None:
         # Made here, not in __init__: only runs with a test split need them.
         n = self.hparams.num_classes
@@ -134,7 +135,7 @@ class SegmentationModule(TransferModule):
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        logits = self.logits(x)
         predicted = self.labels(logits)
         self.test_loss(self.criterion(logits, y))
         self.test_dice(predicted, y)
@@ -156,6 +157,14 @@ class SegmentationModule(TransferModule):
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.probabilities(self(x))
+
+
+def present(iou: torch.Tensor) -> torch.Tensor:
+    """MeanIoU's per-class values with NaN for the classes seen in neither truth nor prediction
+    (it marks them -1), so that means over classes skip them."""
+    iou = iou.float().clone()
+    iou[iou < 0] = float("nan")
+    return iou
 
 
 def binary_loss(loss: str, num_classes: int) -> bool:

@@ -1,0 +1,36 @@
+"""`transferlab-report [SWEEP_DIR] [--baseline KEY=VALUE]`: the sweep report
+(`transferlab.report.build_report`) from the command line."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from transferlab.report import BASELINE, SWEEPS_ROOT, build_report, latest_sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="transferlab-report",
+        description="Summarise a Hydra multirun sweep of transferlab-train.",
+    )
+    parser.add_argument("sweep_dir", nargs="?", type=Path,
+                        help=f"sweep folder (default: the latest under {SWEEPS_ROOT}/)")
+    parser.add_argument("--baseline", default="=".join(BASELINE), metavar="KEY=VALUE",
+                        help="the rows others are compared with, e.g. init=he (default) or "
+                             "freeze=full; each row gets the closest one")
+    args = parser.parse_args(argv)
+    key, sep, value = args.baseline.partition("=")
+    if not (key and sep and value):
+        parser.error(f"--baseline={args.baseline}: expected KEY=VALUE, e.g. init=he")
+    try:
+        result = build_report(args.sweep_dir or latest_sweep(), baseline=(key, value))
+    except FileNotFoundError as err:
+        print(f"transferlab-report: {err}", file=sys.stderr)
+        return 2
+    print(result.markdown)
+    print(f"wrote {', '.join(str(p) for p in result.files)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The benchmark scripts import and answer --help (their timings are run by hand, see
+docs/performance.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cli  # runs the installed commands, as a user would
+
+SCRIPTS = sorted((Path(__file__).parents[2] / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_imports_and_answers_help(script):
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("script,args", [
+    ("bench.py", ["--variant", "plain_fe"]),
+    ("bench_sweep.py", ["--strategy", "gradual"]),  # the plain loop that thaws stages
+], ids=["bench", "bench_sweep"])
+def test_a_benchmarks_plain_loop_runs(image_folder, tmp_path, script, args):
+    """--help only imports; this runs a plain loop on a tiny folder, so an API change that breaks
+    a benchmark at run time (it happened: HeInit's signature) shows here."""
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS[0].parent / script), *args, "--result", str(result),
+         "--data", str(image_folder), "--epochs", "5", "--image-size", "32", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    numbers = json.loads(result.read_text())
+    assert numbers["wall_s"] > 0 and 0 <= numbers.get("best", numbers.get("val_acc")) <= 1

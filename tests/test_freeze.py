@@ -131,7 +131,7 @@ NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 5, {"stem", "layer1", "layer2"}),
     (GradualUnfreezing(head_epochs=3, unfreeze_every=2), 11, set()),
     (GradualUnfreezing(head_epochs=0, unfreeze_every=1), 0, {"stem", "layer1", "layer2", "layer3"}),
-], ids=lambda v: type(v).__name__ if not isinstance(v, (int, set)) else str(v))
+], ids=lambda v: type(v).__name__ if not isinstance(v, (int, set)) else str(sorted(v) if isinstance(v, set) else v))
 def test_frozen_set_per_epoch(strategy, epoch, frozen):
     assert strategy.frozen_stages(NAMES, epoch) == frozen
 

@@ -25,7 +25,8 @@ from transferlab.errors import ConfigError
 from transferlab.export import EXAMPLE_BATCH, ExportCheckError, ExportError, compare, export
 from transferlab.inference import load
 
-pytestmark = pytest.mark.cli  # runs the installed commands, as a user would
+# One worker runs the module: its module-scoped runs are made once.
+pytestmark = [pytest.mark.cli, pytest.mark.xdist_group("export")]
 
 TOLERANCE = 1e-4
 

@@ -1,8 +1,10 @@
-"""Every command in README.md's code blocks runs, as a user pastes it, from one working directory.
+"""Every command in README.md's code blocks runs, as a user pastes it.
 
 The install lines are run by `.ci/run` (the test command, and the main job cut short); here
-each `transferlab-*` and `tensorboard` command runs in README order, trainings cut short by a
-suffix, sweeps cut to the first value of each swept key, `<date>/<time>` filled with the newest
+each `transferlab-*` and `tensorboard` command runs in README order, section by section (each
+section from a working directory of its own, so sections run side by side; a section that
+continues the one before it, `<date>/<time>` first, shares its directory), trainings cut short by
+a suffix, sweeps cut to the first value of each swept key, `<date>/<time>` filled with the newest
 dir there. Pretrained runs find random weights the test saved where torchvision caches them.
 """
 
@@ -33,14 +35,28 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"^ *```{language}\n(.*?)^ *```", README.read_text(), re.M | re.S)
 
 
+def readme_sections() -> list[tuple[str, list[str]]]:
+    """(section heading, its commands) in README order; a section whose first command continues
+    an earlier run (`<date>/<time>`) joins the section before it."""
+    sections: list[tuple[str, list[str]]] = []
+    for part in re.split(r"^## ", README.read_text(), flags=re.M)[1:]:
+        commands = []
+        for block in re.findall(r"^ *```bash\n(.*?)^ *```", part, re.M | re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #")[0].strip()
+                if line.startswith(("transferlab-", "tensorboard", ".venv/bin/tensorboard")):
+                    commands.append(line)
+        if not commands:
+            continue
+        if "<date>/<time>" in commands[0] and sections:
+            sections[-1][1].extend(commands)
+        else:
+            sections.append((part.splitlines()[0].split(":")[0], commands))
+    return sections
+
+
 def readme_commands() -> list[str]:
-    commands = []
-    for block in code_blocks("bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip()
-            if line.startswith(("transferlab-", "tensorboard", ".venv/bin/tensorboard")):
-                commands.append(line)
-    return commands
+    return [c for _, commands in readme_sections() for c in commands]
 
 
 def first_values(args: list[str]) -> list[str]:
@@ -67,16 +83,15 @@ def filled(arg: str, cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def user_dir(tmp_path_factory):
+def torch_home(tmp_path_factory) -> dict:
     real_dataset("hymenoptera"), real_dataset("covid_lung")
-    cwd = tmp_path_factory.mktemp("user")
-    torch_home = cwd.parent / f"{cwd.name}-torch"
+    home = tmp_path_factory.mktemp("torch")
     for arch in PRETRAINED:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        file = torch_home / "hub" / "checkpoints" / Path(weights.url).name
+        file = home / "hub" / "checkpoints" / Path(weights.url).name
         file.parent.mkdir(parents=True, exist_ok=True)
         torch.save(torchvision.models.get_model(arch).state_dict(), file)
-    return cwd, {"TORCH_HOME": str(torch_home)}
+    return {"TORCH_HOME": str(home)}
 
 
 def test_the_readme_has_the_commands_this_test_expects():
@@ -86,9 +101,14 @@ def test_the_readme_has_the_commands_this_test_expects():
     assert any("resume=" in c for c in commands)
 
 
-def test_every_readme_command_runs(user_dir):
-    cwd, env = user_dir
-    for command in readme_commands():
+@pytest.mark.parametrize("section,commands", [
+    pytest.param(name, commands, id=name, marks=pytest.mark.xdist_group(f"readme {name}"))
+    for name, commands in readme_sections()
+])
+def test_every_readme_command_runs(torch_home, tmp_path, section, commands):
+    cwd = tmp_path / "user"
+    cwd.mkdir()
+    for command in commands:
         program, *args = shlex.split(command)
         program = Path(program).name
         if program == "tensorboard":
@@ -96,22 +116,22 @@ def test_every_readme_command_runs(user_dir):
         elif program == "transferlab-train" and not any(a.startswith(("--", "resume=")) for a in args):
             args = first_values(args) + SHORT
         args = [filled(a, cwd) for a in args]
-        result = run_cli(program, *args, cwd=cwd, env=env, timeout=600)
+        result = run_cli(program, *args, cwd=cwd, env=torch_home, timeout=600)
         assert result.returncode == 0, f"{command}\n{console(result)[-3000:]}"
         if program == "transferlab-train" and args[:1] != ["--help"] and "--cfg" not in args:
             assert "status      completed" in console(result), f"{command}\n{console(result)[-2000:]}"
 
 
-def test_the_readme_python_snippets_run(user_dir):
-    """Each snippet with its run paths pointing at the newest classification run made above."""
-    cwd, _ = user_dir
-    runs = [r for r in sorted(cwd.glob("outputs/runs/[0-9]*/[0-9]*"))
-            if '"val/acc"' in (r / "summary.json").read_text()]
+def test_the_readme_python_snippets_run(classification_run, tmp_path, monkeypatch):
+    """Each snippet with its run paths pointing at a finished classification run."""
+    real_dataset("hymenoptera")
+    monkeypatch.chdir(tmp_path)
     snippets = [b for b in code_blocks("python") if "outputs/runs/" in b]
     assert len(snippets) >= 2
     for snippet in snippets:
-        code = snippet.replace("outputs/runs/.../checkpoints/last.ckpt", f"{runs[-1]}/checkpoints/last.ckpt")
-        code = code.replace("outputs/runs/<date>/<time>", str(runs[-1]))
+        code = snippet.replace("outputs/runs/.../checkpoints/last.ckpt",
+                               f"{classification_run}/checkpoints/last.ckpt")
+        code = code.replace("outputs/runs/<date>/<time>", str(classification_run))
         namespace = {}
-        exec(filled(code, cwd), namespace)
+        exec(filled(code, tmp_path), namespace)
         assert "model" in namespace, snippet  # it ran, and made what the README says

@@ -8,7 +8,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.support.cli import TINY, run_cli
 
-pytestmark = pytest.mark.cli  # runs the installed commands, as a user would
+# One worker runs the module: its module-scoped runs are made once.
+pytestmark = [pytest.mark.cli, pytest.mark.xdist_group("sweep")]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

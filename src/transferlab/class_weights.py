@@ -12,8 +12,6 @@ import math
 
 from transferlab.errors import ConfigError
 
-SETTINGS = ("auto", "none")
-
 
 def decide_class_weights(setting, counts: list[int], class_names: list[str]) -> list[float] | None:
     """The loss weights for `setting`, given the train split's images per class (class order)."""

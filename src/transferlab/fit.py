@@ -126,10 +126,22 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None,
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         write_record(run_dir / "split.json", datamodule.split_record)
+    if ckpt_path is None:  # a resumed run's statistics are in its checkpoint
+        adapt_statistics(model, datamodule, trainer.strategy.root_device)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if datamodule.test_set is not None:
         test_selected(trainer, model, datamodule, summary)
     return summary.best
+
+
+def adapt_statistics(model, datamodule, device) -> None:
+    """freeze.bn_stats=target: the frozen BatchNorm statistics re-estimated on the train images,
+    before training and before anything (the feature cache) reads the frozen stages."""
+    if model.freeze_strategy.bn_stats == "source":
+        return
+    model.to(device)
+    model.freeze_strategy.adapt_statistics(model.stages, model.net, datamodule.fixed_view("train"),
+                                           datamodule.batch_size, datamodule.num_workers, device)
 
 
 def test_selected(trainer: L.Trainer, model, datamodule, summary: RunSummary) -> None:

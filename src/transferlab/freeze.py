@@ -10,12 +10,17 @@ BatchNorm keeps training on batch statistics).
 import logging
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from transferlab.errors import ConfigError
 from transferlab.models.backbones import HEAD, StageItem, Stages, stage_modules, stage_parameters
 
 log = logging.getLogger(__name__)
+
+BN_STATS = ("source", "target")  # freeze.bn_stats: whose statistics frozen BatchNorm layers keep
 
 
 def is_frozen(items: list[StageItem]) -> bool:
@@ -31,8 +36,16 @@ def set_frozen(items: list[StageItem], frozen: bool, training: bool) -> None:
 
 
 class FreezeStrategy(Callback):
-    def __init__(self, backbone_lr_mult: float = 1.0):
+    """`bn_stats`: `source` keeps the running statistics the weights came with; `target`
+    re-estimates those of the BatchNorm layers frozen at the start on the target's train images,
+    once before training (AdaBN, Li et al. 2016), and they stay frozen after: for a source whose
+    statistics no longer fit (another resolution or domain)."""
+
+    def __init__(self, backbone_lr_mult: float = 1.0, bn_stats: str = "source"):
+        if bn_stats not in BN_STATS:
+            raise ConfigError(f"freeze.bn_stats={bn_stats!r}; choose one of {', '.join(BN_STATS)}")
         self.backbone_lr_mult = backbone_lr_mult
+        self.bn_stats = bn_stats
 
     def frozen_stages(self, names: list[str], epoch: int) -> set[str]:
         raise NotImplementedError
@@ -52,6 +65,37 @@ class FreezeStrategy(Callback):
         for name, modules in stages.items():
             set_frozen(modules, name in frozen, training)
         return thawed
+
+    def adapt_statistics(self, stages: Stages, net: nn.Module, images: Dataset, batch_size: int,
+                         num_workers: int, device: torch.device) -> int:
+        """`bn_stats=target`: one pass over `images` (the target's train images through the val
+        transform) re-estimates the running mean and variance of every BatchNorm layer in the
+        stages frozen at epoch 0, as the plain average over the batches; weights untouched.
+        Returns how many layers it re-estimated (0 for `source`)."""
+        if self.bn_stats == "source":
+            return 0
+        frozen = self.frozen_stages(list(stages), epoch=0)
+        layers = [m for name in frozen for item in stage_modules(stages[name]) for m in item.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        momenta = {m: m.momentum for m in layers}
+        modes = {m: m.training for m in net.modules()}
+        net.eval()
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: every batch counts the same
+            m.train()
+        try:
+            with torch.no_grad():
+                for x, _ in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+                    net(x.to(device))
+        finally:
+            for m, momentum in momenta.items():
+                m.momentum = momentum
+            for m, mode in modes.items():
+                m.training = mode
+        log.info("freeze.bn_stats=target: re-estimated %d frozen BatchNorm layer(s) on %d train "
+                 "images", len(layers), len(images))
+        return len(layers)
 
     # Freezing waits for on_fit_start, after the strategy has wrapped the model (DDP registers
     # gradient hooks only for parameters that require grad at wrap time).
@@ -90,8 +134,9 @@ class PartialFineTune(FreezeStrategy):
     """The stages named in `frozen_stages` stay frozen; a count k means the first k stages from
     the input, and a negative count -k all the stages below the head but the last k."""
 
-    def __init__(self, frozen_stages: int | list[str] = -1, backbone_lr_mult: float = 1.0):
-        super().__init__(backbone_lr_mult)
+    def __init__(self, frozen_stages: int | list[str] = -1, backbone_lr_mult: float = 1.0,
+                 bn_stats: str = "source"):
+        super().__init__(backbone_lr_mult, bn_stats)
         self.frozen = frozen_stages
 
     def frozen_stages(self, names, epoch):
@@ -131,8 +176,9 @@ class GradualUnfreezing(FreezeStrategy):
         unfreeze_every: int = 2,
         backbone_lr_mult: float = 0.1,
         stage_lr_decay: float = 0.5,
+        bn_stats: str = "source",
     ):
-        super().__init__(backbone_lr_mult)
+        super().__init__(backbone_lr_mult, bn_stats)
         if head_epochs < 0 or unfreeze_every < 1:
             raise ConfigError("freeze.head_epochs must be >= 0 and freeze.unfreeze_every >= 1")
         self.head_epochs = head_epochs

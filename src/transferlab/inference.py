@@ -20,7 +20,7 @@ from transferlab import tasks
 from transferlab.data.images import as_rgb, find_bad_files, is_image_name, load_rgb
 from transferlab.devices import resolve
 from transferlab.errors import ConfigError, DataError
-from transferlab.summary import read_summary
+from transferlab.summary import best_checkpoint
 
 TTA = (None, "hflip")
 Source = Path | Image.Image
@@ -32,10 +32,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
     if checkpoint == "last":
         path = folder / "last.ckpt"
     elif checkpoint == "best":
-        # summary.json names it; by file name, so a moved run dir still finds it.
-        named = read_summary(run_dir / "summary.json").get("best_checkpoint")
-        found = [folder / Path(named).name] if named else sorted(folder.glob("best-*.ckpt"))
-        path = found[-1] if found else folder / "best-*.ckpt"
+        path = best_checkpoint(run_dir) or folder / "best-*.ckpt"
     else:
         path = Path(checkpoint)
     if not path.is_file():

@@ -32,3 +32,12 @@ def test_metric(monitor: str) -> str:
     """The test split's name for the monitor's metric (val/acc -> test/acc): what the run scores
     once, at the checkpoint the monitor chose."""
     return "test/" + monitor.split("/", 1)[-1]
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of a run's best monitor value: the one summary.json names (found by its file
+    name, so a moved run dir still finds it), else the newest best-*.ckpt; None when there is none."""
+    folder = Path(run_dir) / "checkpoints"
+    named = read_summary(Path(run_dir) / "summary.json").get("best_checkpoint")
+    found = [folder / Path(named).name] if named else sorted(folder.glob("best-*.ckpt"))
+    return found[-1] if found and found[-1].is_file() else None

@@ -9,7 +9,8 @@ from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.models.backbones import TorchvisionBackbone
-from transferlab.models.init import HeInit, Pretrained, load_state_dict_file
+from transferlab.models.backbones import load_state_dict_file
+from transferlab.models.init import HeInit, Pretrained
 
 
 def imagenet_state(arch: str) -> dict[str, torch.Tensor]:

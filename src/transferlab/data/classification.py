@@ -191,11 +191,12 @@ class ImageFolderDataModule(SeededLoaders):
                             "has no usable images")
         return samples
 
+    def fixed_view(self, split: str) -> LabelledImages:
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        return LabelledImages(dataset.samples, eval_transform(self.image_size, self.mean, self.std))
+
     def images_to_encode(self, augmented: bool) -> dict[str, LabelledImages]:
-        if augmented:
-            return {"train": self.train_set, "val": self.val_set}
-        fixed = eval_transform(self.image_size, self.mean, self.std)
-        return {"train": LabelledImages(self.train_set.samples, fixed), "val": self.val_set}
+        return {"train": self.train_set if augmented else self.fixed_view("train"), "val": self.val_set}
 
     def train_class_counts(self) -> list[int]:
         """Training images per class, in class order."""

@@ -181,6 +181,10 @@ class SeededLoaders(L.LightningDataModule):
         return {"task": self.task, "image_size": self.image_size, "mean": list(self.mean),
                 "std": list(self.std)}
 
+    def fixed_view(self, split: str) -> Dataset:
+        """A split's images (and targets) through the val transform: fixed, un-augmented."""
+        raise NotImplementedError
+
     # -- the feature cache's contact (transferlab.cache): these two methods, nothing else ---------
 
     def images_to_encode(self, augmented: bool) -> dict[str, Dataset] | None:

@@ -188,6 +188,11 @@ class SegmentationFolderDataModule(SeededLoaders):
             " / ".join(f"{len(p)} {name}" for name, p in pairs.items()),
         )
 
+    def fixed_view(self, split: str) -> SegmentationPairs:
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        fixed = eval_transform(self.image_size, self.mean, self.std)
+        return SegmentationPairs(dataset.pairs, self.encode_mask, fixed)
+
     def stem_pairs(self, split: str) -> tuple[list[Pair], list[str]]:
         """The (image, mask) pairs of `split` and a line for each file without its partner."""
         image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"

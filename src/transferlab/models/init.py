@@ -1,24 +1,40 @@
 """The `init` group: where a network's starting weights come from."""
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from transferlab.errors import ConfigError
-from transferlab.models.backbones import Backbone, load_state_dict_file
+from transferlab.models.backbones import Backbone, load_weights_file
 from transferlab.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
+from transferlab.summary import best_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 class DefaultInit:
-    """The architecture's own random initialisation, as its constructor left it."""
+    """The architecture's own random initialisation, as its constructor left it.
+
+    `weights` / `weights_path` are `init=pretrained`'s; every init takes them and only that one
+    reads them, so one sweep compares a source with random weights as typed:
+    `-m init=he,pretrained init.weights_path=<source run dir>`.
+    """
 
     name = "default"
 
+    def __init__(self, weights: str | None = None, weights_path: str | None = None):
+        self.weights = weights
+        self.weights_path = weights_path
+
     def __call__(self, backbone: Backbone) -> None:
-        pass
+        self.say_unused()
+
+    def say_unused(self) -> None:
+        if self.weights_path is not None:
+            log.info("init=%s starts from random weights: init.weights_path=%s is init=pretrained's",
+                     self.name, self.weights_path)
 
     def normalization(self, backbone: type[Backbone], name: str) -> Normalization:
         """The mean/std the data is normalised with: ImageNet's, unless weights say otherwise."""
@@ -31,6 +47,7 @@ class HeInit(DefaultInit):
     name = "he"
 
     def __call__(self, backbone: Backbone) -> None:
+        self.say_unused()
         he_init(backbone.net)
 
 
@@ -51,38 +68,63 @@ def he_init(net: nn.Module) -> None:
 
 class Pretrained(DefaultInit):
     """The backbone's pretrained weights by name (torchvision Weights, timm tags; cached under
-    TORCH_HOME / the Hugging Face cache), or a local state_dict file.
+    TORCH_HOME / the Hugging Face cache), or a local file: a state_dict, a transferlab checkpoint,
+    or a transferlab run dir (a source model: its best checkpoint, and its own normalisation).
 
-    The new head keeps its fresh init; everything else must load, or the run stops: a silent
-    fallback to random weights would make every comparison meaningless.
+    The new head keeps its fresh init, whatever the source's class count; everything else must
+    load, or the run stops: a silent fallback to random weights would make every comparison
+    meaningless.
     """
 
     name = "pretrained"
 
     def __init__(self, weights: str = "DEFAULT", weights_path: str | None = None):
-        self.weights = weights
-        self.weights_path = weights_path
+        super().__init__(weights, weights_path)
+        self._source: tuple[dict, dict | None, str] | None = None
+
+    def source(self) -> tuple[dict, dict | None, str]:
+        """The weights file's tensors, its transferlab hyperparameters (None for a plain
+        state_dict) and how to name it; read once."""
+        if self._source is None:
+            path = Path(self.weights_path).expanduser()
+            if path.is_dir():
+                found = best_checkpoint(path)
+                if found is None:
+                    raise ConfigError(
+                        f"init.weights_path={path} is a dir without a best checkpoint "
+                        "(checkpoints/best-epochNNN.ckpt): pass a finished transferlab run dir, a "
+                        ".ckpt, or a state_dict file")
+                path = found
+            state, hparams = load_weights_file(path)
+            backbone = (hparams or {}).get("backbone") or {}
+            what = f"{path} (a {backbone.get('name', '?')} run)" if hparams else str(path)
+            self._source = state, hparams, what
+        return self._source
 
     def normalization(self, backbone, name):
-        if self.weights_path is not None:
-            return IMAGENET_MEAN, IMAGENET_STD
-        return backbone.weights_normalization(name, self.weights)
+        if self.weights_path is None:
+            return backbone.weights_normalization(name, self.weights)
+        _, hparams, what = self.source()
+        preprocess = (hparams or {}).get("preprocess")
+        if preprocess:  # a source model: its images were normalised its own way
+            return tuple(preprocess["mean"]), tuple(preprocess["std"])
+        log.info("init.weights_path=%s carries no normalisation: ImageNet's mean and std", what)
+        return IMAGENET_MEAN, IMAGENET_STD
 
     def __call__(self, backbone: Backbone) -> None:
         if self.weights_path is not None:
-            state, source = load_state_dict_file(self.weights_path), self.weights_path
+            state, _, source = self.source()
         else:
             state, source = backbone.pretrained_state(self.weights)
         state, fresh = backbone.map_pretrained(state)
-        load_matching(backbone.net, state, source=source, skip=fresh)
+        load_matching(backbone.net, state, source=source, skip=fresh, target=backbone.name)
         log.info("loaded pretrained weights for %s from %s", backbone.name, source)
 
 
-def load_matching(
-    net: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()
-) -> None:
+def load_matching(net: nn.Module, state: dict[str, torch.Tensor], source: str,
+                  skip: tuple[str, ...] = (), target: str | None = None) -> None:
     """Load every tensor of `net` from `state` except the `skip` modules (the new head), or fail
-    naming the keys that do not fit."""
+    naming both networks and the keys that do not fit."""
     own = net.state_dict()
     skipped = tuple(f"{name}." for name in skip)
     state = {k: v for k, v in state.items() if not k.startswith(skipped)}
@@ -94,8 +136,9 @@ def load_matching(
         if k in own and v.shape != own[k].shape
     ]
     if missing or unexpected or wrong_shape:
+        name = f"{target} ({type(net).__name__})" if target else type(net).__name__
         raise ConfigError(
-            f"weights from {source} do not fit {type(net).__name__}: "
+            f"weights from {source} do not fit {name}: "
             f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
             f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}, "
             f"shape mismatches {wrong_shape[:8]}"

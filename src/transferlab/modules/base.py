@@ -2,7 +2,9 @@
 the learning rate of every param group, freeze-aware train()."""
 
 import abc
+import inspect
 import logging
+from functools import partial
 
 import lightning as L
 import torch
@@ -124,7 +126,11 @@ class TransferModule(L.LightningModule):
             return optimizer
         sched_cfg = dict(sched_cfg)
         interval = sched_cfg.pop("interval", "epoch")
-        scheduler = instantiate(sched_cfg, _partial_=True)(optimizer)
+        make = instantiate(sched_cfg, _partial_=True)
+        if "total_steps" in inspect.signature(make.func).parameters and "total_steps" not in sched_cfg:
+            # A schedule over the fit's optimizer steps (one cycle) learns their number here.
+            make = partial(make, total_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = make(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def parameter_counts(self) -> tuple[int, int]:

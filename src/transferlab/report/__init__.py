@@ -36,6 +36,10 @@ from transferlab.report.table import (
     write_csv,
 )
 
+HE_NOTE = ("Rows with `init=he` start from random weights: their frozen stages are random features, "
+           "which with a trained head separate a few hundred images surprisingly well, so they are a "
+           "strong baseline, not a floor; a source model has to beat them to have transferred.")
+
 __all__ = ["BASELINE", "SWEEPS_ROOT", "Paired", "ReportResult", "Row", "build_report",
            "latest_sweep", "paired"]
 
@@ -74,6 +78,8 @@ def build_report(sweep_dir: Path, plots: bool = True,
     verdict = compare_with_top(rows, kind, monitor, mode)
     problems = [j for j in jobs if not j.ok]
     notes = [f"Common to all jobs: `{_name(common)}`."] if common else []
+    if any(r.setting("init") == "he" for r in rows):
+        notes.append(HE_NOTE)
     if len(monitors) > 1:
         notes.append(f"**Warning:** the jobs monitor different metrics {dict(monitors)}; "
                      f"their `best` values are not comparable.")

@@ -10,6 +10,7 @@ from transferlab.models.backbones.base import (
     StateDict,
     eval_mode,
     load_state_dict_file,
+    load_weights_file,
     stage_modules,
     stage_parameters,
 )
@@ -19,6 +20,6 @@ from transferlab.models.backbones.unet import UNetBackbone
 
 __all__ = [
     "FAMILIES", "HEAD", "Backbone", "StageItem", "Stages", "StateDict", "TimmBackbone",
-    "TorchvisionBackbone", "UNetBackbone", "eval_mode", "import_timm", "load_state_dict_file",
+    "TorchvisionBackbone", "UNetBackbone", "eval_mode", "import_timm", "load_state_dict_file", "load_weights_file",
     "stage_modules", "stage_parameters", "torchvision_models",
 ]

@@ -119,6 +119,12 @@ class Backbone:
 def load_state_dict_file(path: str | os.PathLike) -> StateDict:
     """A state_dict from a `.pth` / `.pt` / `.safetensors` file or a transferlab (Lightning)
     checkpoint, loaded with `weights_only=True`: plain tensors, never pickled code."""
+    return load_weights_file(path)[0]
+
+
+def load_weights_file(path: str | os.PathLike) -> tuple[StateDict, dict | None]:
+    """A weights file's network tensors and, for a transferlab checkpoint, its hyperparameters
+    (what the run was: backbone, classes, preprocessing); None for a plain state_dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"weights file {path} does not exist")
@@ -134,9 +140,11 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
             f"cannot load weights file {path} with weights_only=True "
             f"(only plain tensors are accepted, never pickled code): {err}"
         ) from err
+    hparams = None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         # A Lightning checkpoint: the network's tensors sit under the module's `net.` prefix.
+        hparams = state.get("hyper_parameters")
         state = {k.removeprefix("net."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict):
         raise ConfigError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
-    return state
+    return state, hparams

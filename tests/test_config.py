@@ -10,7 +10,7 @@ from transferlab.cli.train import swept_hparams
 from transferlab.config import config_dir
 
 CONF = Path(config_dir())
-GROUPS = ["task", "data", "backbone", "init", "freeze", "optimizer", "scheduler", "trainer",
+GROUPS = ["task", "data", "augment", "backbone", "init", "freeze", "optimizer", "scheduler", "trainer",
           "logger", "callbacks", "cache", "experiment"]
 
 

@@ -121,6 +121,10 @@ class RunSummary(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module, "running", hparams=self.hparams)
+        for logger in trainer.loggers:
+            # TensorBoard gets them at the end, with the real best value (its hparams tab).
+            if not isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                logger.log_hyperparams(self.hparams)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()

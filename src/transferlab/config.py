@@ -26,6 +26,12 @@ OmegaConf.register_new_resolver(
     "unless_resuming", lambda resume, value: None if resume else value, replace=True
 )
 OmegaConf.register_new_resolver("only_for_root", _only_for_root, replace=True)
+# The Optuna sweeper (hparams_search=...) opens its SQLite study before any job makes the sweep
+# dir, and optimises in the direction of the monitor.
+OmegaConf.register_new_resolver(
+    "mkdir", lambda path: (Path(path).mkdir(parents=True, exist_ok=True), str(path))[1], replace=True)
+OmegaConf.register_new_resolver(
+    "optuna_direction", lambda mode: "maximize" if mode == "max" else "minimize", replace=True)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = "outputs/run",

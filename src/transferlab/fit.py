@@ -7,7 +7,9 @@ from Python) and needs no Hydra app; `transferlab.cli.train` imports it once a r
 
 import difflib
 import inspect
+import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -65,7 +67,8 @@ def build_data(cfg: DictConfig, run_dir: Path):
     init = instantiate(cfg.init)
     # The one place the normalisation is decided: the pretrained weights' own, else ImageNet's.
     mean, std = init.normalization(get_class(cfg.backbone._target_), cfg.backbone.name)
-    datamodule = instantiate(cfg.data, mean=cfg.data.get("mean") or mean, std=cfg.data.get("std") or std)
+    datamodule = instantiate(cfg.data, mean=cfg.data.get("mean") or mean, std=cfg.data.get("std") or std,
+                             augmentation=cfg.get("augment"))
     datamodule.prepare_data()
 
     def setup():
@@ -128,10 +131,35 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None,
         write_record(run_dir / "split.json", datamodule.split_record)
     if ckpt_path is None:  # a resumed run's statistics are in its checkpoint
         adapt_statistics(model, datamodule, trainer.strategy.root_device)
+    if str(cfg.optimizer.lr) == "auto":
+        auto_lr(model, datamodule, partial(instantiate, cfg.trainer), callbacks, trainer, summary,
+                resumed=ckpt_path is not None)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if datamodule.test_set is not None:
         test_selected(trainer, model, datamodule, summary)
     return summary.best
+
+
+def auto_lr(model, datamodule, make_trainer, callbacks: list, trainer: L.Trainer,
+            summary: RunSummary, resumed: bool) -> None:
+    """optimizer.lr=auto: the LR range test's pick (`transferlab.lr_find`) becomes the module's
+    optimizer.lr, in its hparams (so in every checkpoint), summary.json and the hparams the run
+    is compared by; a resumed run reads the pick its first start recorded, never testing again."""
+    from transferlab.lr_find import find_lr
+
+    run_dir = summary.path.parent
+    if resumed:
+        record = json.loads((run_dir / "lr_find.json").read_text())
+    else:
+        record = find_lr(model, datamodule, make_trainer, callbacks, run_dir)
+        for logger in trainer.loggers:
+            if hasattr(logger.experiment, "add_figure"):
+                logger.experiment.add_figure("lr_find", record["figure"], 0)
+    model.hparams.optimizer = dict(model.hparams.optimizer) | {"lr": record["lr"]}
+    summary.hparams["lr"] = record["lr"]
+    if trainer.is_global_zero:
+        update_summary(summary.path, lr_find={"lr": record["lr"], "rule": record["rule"],
+                                              "steps": record["steps"], "plot": "lr_find.png"})
 
 
 def adapt_statistics(model, datamodule, device) -> None:

@@ -147,3 +147,19 @@ def test_loader_settings_take_values_or_auto(image_folder, settings, workers, pi
 def test_bad_loader_settings_are_named_together(image_folder):
     with pytest.raises(ConfigError, match=r"data.num_workers='Auto'.*; data.pin_memory='False'"):
         ImageFolderDataModule(str(image_folder), image_size=32, num_workers="Auto", pin_memory="False")
+
+
+def test_a_val_folder_can_be_the_test_split_with_val_carved_out_of_train(image_folder):
+    """data.folders.val=null data.folders.test=val: ants/bees' val/ held out as test."""
+    data = ImageFolderDataModule(str(image_folder), image_size=32, num_workers=0, val_fraction=0.5,
+                                 folders={"val": None, "test": "val"})
+    data.setup("fit")
+    assert {p.parent.parent.name for p, _ in data.test_set.samples} == {"val"}
+    assert len(data.test_set) == 6 and len(data.train_set) == len(data.val_set) == 6
+    assert {p.parent.parent.name for p, _ in data.train_set.samples + data.val_set.samples} == {"train"}
+
+
+@pytest.mark.parametrize("folders", [{"train": None}, {"valid": "val"}, {"val": "train"}])
+def test_bad_split_folders_are_named(image_folder, folders):
+    with pytest.raises(ConfigError, match="data.folders="):
+        ImageFolderDataModule(str(image_folder), image_size=32, folders=folders)

@@ -527,3 +527,47 @@ def test_baseline_is_chosen_on_the_command_line(tmp_path, capsys):
     assert labels[-1].endswith("freeze=feature_extraction (baseline)") and "He" not in " ".join(labels)
     with pytest.raises(SystemExit):
         main([str(sweep), "--baseline", "init"])
+
+
+# freeze -> lr -> per-seed (best val, test): feature extraction wants the larger LR, full the
+# smaller; at a common LR of 1e-3 full would win, at its own LR feature extraction does.
+TUNED = {
+    "feature_extraction": {"0.001": [(0.60, 0.58), (0.62, 0.59), (0.61, 0.57)],
+                           "0.01": [(0.80, 0.78), (0.82, 0.80), (0.81, 0.77)]},
+    "full": {"0.001": [(0.70, 0.66), (0.72, 0.69), (0.71, 0.70)],
+             "0.01": [(0.65, 0.64), (0.66, 0.62), (0.64, 0.63)]},
+}
+
+
+def tuned_sweep(sweep: Path, tested: bool = True) -> Path:
+    num = 0
+    for freeze, by_lr in TUNED.items():
+        for lr, seeds in by_lr.items():
+            for seed, (best, test) in enumerate(seeds):
+                data = summary(best, curve=(best - 0.1, best))
+                if tested:
+                    data["test"] = {"metrics": {"test/acc": test}}
+                make_job(sweep, num, [f"freeze={freeze}", f"optimizer.lr={lr}", f"seed={seed}"], data)
+                num += 1
+    return sweep
+
+
+def test_each_strategy_is_compared_at_the_setting_it_selected_on_val(tmp_path, capsys):
+    sweep = tuned_sweep(tmp_path / "sweep")
+    assert main([str(sweep), "--compare", "freeze", "--baseline", "freeze=full"]) == 0
+    selected = read_csv(sweep / "selected.csv")
+    assert selected["freeze=feature_extraction"]["selected_setting"] == "optimizer.lr=0.01"
+    assert selected["freeze=full"]["selected_setting"] == "optimizer.lr=0.001"
+    assert selected["freeze=full"]["selected_of"] == "2"
+    # compared on test at the selected settings: +0.1167 paired over the three seeds
+    assert float(selected["freeze=feature_extraction"]["test_mean"]) == pytest.approx(0.7833, abs=1e-4)
+    assert float(selected["freeze=feature_extraction"]["diff_vs_baseline"]) == pytest.approx(
+        statistics.mean([0.78 - 0.66, 0.80 - 0.69, 0.77 - 0.70]))
+    out = capsys.readouterr().out
+    assert "selected on val only" in out and "**Winner: freeze=feature_extraction** on test/acc" in out
+
+
+def test_without_a_test_split_the_selected_comparison_says_it_is_optimistic(tmp_path):
+    sweep = tuned_sweep(tmp_path / "sweep", tested=False)
+    md = build_report(sweep, plots=False, compare=("freeze",)).markdown
+    assert "there is no test split, so this comparison is optimistic" in md

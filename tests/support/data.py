@@ -58,3 +58,35 @@ def make_mask_folder(root: Path, size: int = 32) -> Path:
                 (root / split / folder).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels).save(root / split / folder / f"p{i}.png")
     return root
+
+
+GRATINGS = {"vertical": 0.0, "diagonal": 45.0, "horizontal": 90.0, "antidiagonal": 135.0}
+
+
+def grating_image(rng: np.random.Generator, angle: float, size: int = 32) -> Image.Image:
+    """Stripes of one orientation in a disc, on a cluttered background (random coloured
+    rectangles, noise): the orientation is the class, everything else varies per image."""
+    img = np.full((size, size, 3), rng.uniform(60, 200, 3))
+    for _ in range(rng.integers(4, 8)):
+        x0, y0 = rng.integers(0, size, 2)
+        w, h = rng.integers(4, 14, 2)
+        img[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
+    yy, xx = np.mgrid[0:size, 0:size]
+    t = np.deg2rad(angle)
+    wave = np.sin(2 * np.pi * (xx * np.cos(t) + yy * np.sin(t)) / rng.uniform(5, 8) + rng.uniform(0, 2 * np.pi))
+    cx, cy = rng.integers(10, 22, 2)
+    disc = ((xx - cx) ** 2 + (yy - cy) ** 2) < rng.uniform(8, 12) ** 2
+    img = img + (disc * wave * 70)[..., None] + rng.normal(0, 12, img.shape)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+def make_gratings(root: Path, classes: list[str], train: int, val: int, seed: int) -> Path:
+    """An ImageFolder of `grating_image`s: `train` and `val` images per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for cls in classes:
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                grating_image(rng, GRATINGS[cls]).save(folder / f"{i}.png")
+    return root

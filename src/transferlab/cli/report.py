@@ -18,12 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="=".join(BASELINE), metavar="KEY=VALUE",
                         help="the rows others are compared with, e.g. init=he (default) or "
                              "freeze=full; each row gets the closest one")
+    parser.add_argument("--compare", default="", metavar="KEY[,KEY...]",
+                        help="compare these keys' configurations (e.g. freeze) each at its own "
+                             "setting of the other swept keys, selected on val, judged on test")
     args = parser.parse_args(argv)
     key, sep, value = args.baseline.partition("=")
     if not (key and sep and value):
         parser.error(f"--baseline={args.baseline}: expected KEY=VALUE, e.g. init=he")
     try:
-        result = build_report(args.sweep_dir or latest_sweep(), baseline=(key, value))
+        compare = tuple(k for k in args.compare.split(",") if k)
+        result = build_report(args.sweep_dir or latest_sweep(), baseline=(key, value), compare=compare)
     except FileNotFoundError as err:
         print(f"transferlab-report: {err}", file=sys.stderr)
         return 2

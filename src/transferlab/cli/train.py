@@ -128,8 +128,9 @@ def run_record(cfg: DictConfig) -> dict:
     }
 
 
-def outcome(run_dir: Path, seconds: float, reason: str | None) -> list[tuple[str, str]]:
-    """The closing block's lines: where things went and how it went."""
+def outcome(run_dir: Path, seconds: float, reason: str | None,
+            loggers: DictConfig | None = None) -> list[tuple[str, str]]:
+    """The closing block's lines: where things went and how it went, and where to look at it."""
     summary = read_summary(run_dir / "summary.json")
     lines = [("run dir", shown(run_dir)), ("status", summary.get("status") or "failed")]
     if reason is not None:
@@ -145,6 +146,11 @@ def outcome(run_dir: Path, seconds: float, reason: str | None) -> list[tuple[str
     lines.append(("time", f"{seconds:.0f} s, {summary.get('epochs_completed', 0)} epoch(s)"))
     if (run_dir / "tensorboard").is_dir():
         lines.append(("view", f"tensorboard --logdir {shown(run_dir)}"))
+    loggers = loggers or {}
+    if loggers.get("mlflow"):
+        lines.append(("mlflow", f"mlflow ui --backend-store-uri {loggers.mlflow.tracking_uri}"))
+    if (run_dir / "csv" / "metrics.csv").is_file():
+        lines.append(("csv", shown(run_dir / "csv" / "metrics.csv")))
     return lines
 
 
@@ -162,7 +168,8 @@ def failed(err: BaseException, cfg: DictConfig, run_dir: Path, start: float) -> 
     # The trainer records failures it sees; this catches the ones before it (bad data, config).
     update_summary(run_dir / "summary.json", monitor=cfg.get("monitor"),
                    monitor_mode=cfg.get("monitor_mode"), status="failed", error=reason)
-    log.info("%s", closing("run failed", outcome(run_dir, time.perf_counter() - start, reason)))
+    log.info("%s", closing("run failed", outcome(run_dir, time.perf_counter() - start, reason,
+                                                 cfg.get("logger"))))
     stop(err, HydraConfig.get().mode)
 
 
@@ -195,7 +202,8 @@ def main(cfg: DictConfig) -> float | None:
             raise
         failed(err, cfg, run_dir, start)
     if rank_zero:
-        log.info("%s", closing("run finished", outcome(run_dir, time.perf_counter() - start, None)))
+        log.info("%s", closing("run finished", outcome(run_dir, time.perf_counter() - start, None,
+                                                     cfg.get("logger"))))
     return best
 
 

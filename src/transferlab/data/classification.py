@@ -9,19 +9,19 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from transferlab.data.augment import Basic
 from transferlab.data.download import ensure_dataset
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import ClassBalanced, EpochSampler, SeededLoaders
-from transferlab.data.splits import SPLITS, Item, identical_files
+from transferlab.data.splits import Item, identical_files
 from transferlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def train_transform(size: int, mean, std) -> v2.Compose:
+def train_transform(size: int, mean, std, augmentation: Basic | None = None) -> v2.Compose:
     return v2.Compose([
-        v2.RandomResizedCrop(size, antialias=True),
-        v2.RandomHorizontalFlip(),
+        *(augmentation or Basic()).classification(size),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
@@ -120,9 +120,9 @@ class ImageFolderDataModule(SeededLoaders):
             for name, by_class in found.items()
         }, "split folders" if self.class_dir != self.root else "one folder")
         samples = {name: self._samples(name, items) for name, items in split.items()}
-        make_train = train_transform if self.augment else eval_transform
         fixed = eval_transform(self.image_size, self.mean, self.std)
-        self.train_set = LabelledImages(samples["train"], make_train(self.image_size, self.mean, self.std))
+        train = train_transform(self.image_size, self.mean, self.std, self.augmentation) if self.augment else fixed
+        self.train_set = LabelledImages(samples["train"], train)
         self.val_set = LabelledImages(samples["val"], fixed)
         if "test" in samples:
             self.test_set = LabelledImages(samples["test"], fixed)
@@ -133,28 +133,33 @@ class ImageFolderDataModule(SeededLoaders):
         )
 
     def find_files(self) -> dict[str, dict[str, list[Path]]]:
-        """Split folder (`train` for a single folder) -> class -> image files; sets the class map."""
-        self.class_dir = self.root / "train" if (self.root / "train").is_dir() else self.root
+        """Split -> class -> image files (one folder: all of it is `train`); sets the class map.
+        Which folder holds which split is `data.folders` (train/, val/, test/ by default)."""
+        folder = {split: name for split, name in self.folders.items() if name}
+        self.class_dir = self.root / folder["train"]
+        if not self.class_dir.is_dir():
+            self.class_dir = self.root
         # Split folders are never class names: in one folder, test/ is the test split.
-        self.classes = [c for c in class_folders(self.class_dir) if c not in SPLITS]
+        self.classes = [c for c in class_folders(self.class_dir) if c not in folder.values()]
         if not self.classes:
             raise DataError(
                 f"dataset not found: {self.root} has no class folders; expected "
                 f"{self.root}/<class>/<image> (one folder, split by data.val_fraction) or "
-                f"{self.root}/train/<class>/<image> with val/ (and test/) beside it"
+                f"{self.root}/{folder['train']}/<class>/<image> with val/ (and test/) beside it"
             )
+        val = folder.get("val")
         if self.class_dir == self.root:
-            found = {"train": self.files_in(self.root, skip=SPLITS)}
-            if (self.root / "val").is_dir():
-                raise DataError(f"{self.root} holds class folders and a val/ folder but no "
-                                "train/: put the training classes under train/, or drop val/ and "
-                                "let data.val_fraction split them")
+            found = {"train": self.files_in(self.root, skip=tuple(folder.values()))}
+            if val and (self.root / val).is_dir():
+                raise DataError(f"{self.root} holds class folders and a {val}/ folder but no "
+                                f"{folder['train']}/: put the training classes under "
+                                f"{folder['train']}/, or drop {val}/ and let data.val_fraction split them")
         else:
-            found = {"train": self.image_files("train")}
-            if (self.root / "val").is_dir():
-                found["val"] = self.image_files("val")
-        if (self.root / "test").is_dir():
-            found["test"] = self.image_files("test")
+            found = {"train": self.image_files(folder["train"])}
+            if val and (self.root / val).is_dir():
+                found["val"] = self.image_files(val)
+        if folder.get("test") and (self.root / folder["test"]).is_dir():
+            found["test"] = self.image_files(folder["test"])
         return found
 
     def image_files(self, split: str) -> dict[str, list[Path]]:

@@ -14,8 +14,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from transferlab.data.augment import Basic
 from transferlab.data.images import check_policy
-from transferlab.data.splits import Item, SplitSettings, describe, record, split_files
+from transferlab.data.splits import SPLITS, Item, SplitSettings, describe, record, split_files
 from transferlab.errors import ConfigError
 from transferlab.normalization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -104,6 +105,20 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
+def split_folders(folders: dict | None) -> dict[str, str | None]:
+    """`data.folders`: the folder under `data.root` that holds each split (default its own name;
+    null: no folder, the split is carved out of the training images), e.g. `data.folders.val=null
+    data.folders.test=val` makes a train/ + val/ set's val/ the test split."""
+    chosen = {name: name for name in SPLITS} | dict(folders or {})
+    unknown = sorted(set(chosen) - set(SPLITS))
+    named = [f for f in chosen.values() if f]
+    if unknown or not chosen["train"] or len(named) != len(set(named)):
+        raise ConfigError(f"data.folders={dict(folders or {})}: keys are {', '.join(SPLITS)}, each a "
+                          "folder name of its own (null: carve that split out of train); train "
+                          "needs one")
+    return chosen
+
+
 def spare_cores() -> int:
     """Loader processes that do not take a core from the model: one per core but one, 1 to 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -129,6 +144,7 @@ class SeededLoaders(L.LightningDataModule):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         augment: bool = True,
+        augmentation: Basic | None = None,
         on_bad_file: str = "error",
         pin_memory: bool | str = False,
         seed: int = 0,
@@ -139,12 +155,14 @@ class SeededLoaders(L.LightningDataModule):
         fold: int | None = None,
         group_by: str | None = None,
         manifest: str | None = None,
+        folders: dict[str, str | None] | None = None,
     ):
         super().__init__()
         check_policy(on_bad_file)
         self.split_settings = SplitSettings(val_fraction, test_fraction, split_seed, folds, fold, group_by)
         self.split_settings.check()  # before any file is read
         self.root = Path(root).expanduser()
+        self.folders = split_folders(folders)
         self.image_size = image_size
         self.batch_size = batch_size
         bad = []
@@ -157,7 +175,9 @@ class SeededLoaders(L.LightningDataModule):
         self.num_workers = spare_cores() if num_workers == "auto" else num_workers
         self.mean = tuple(mean or IMAGENET_MEAN)
         self.std = tuple(std or IMAGENET_STD)
-        self.augment = augment
+        # the `augment` group's policy; data.augment=false (or augment=none) turns it off
+        self.augmentation = augmentation or Basic()
+        self.augment = bool(augment) and self.augmentation.augments
         self.on_bad_file = on_bad_file
         self.pin_memory = pin_memory
         self.seed = seed

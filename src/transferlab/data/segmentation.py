@@ -19,9 +19,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from transferlab.data.augment import Basic
 from transferlab.data.images import find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import SeededLoaders
-from transferlab.data.splits import SPLITS, Item, identical_files
+from transferlab.data.splits import Item, identical_files
 from transferlab.errors import ConfigError, DataError, first_few
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,12 @@ MASK_MODES = ("binary", "multiclass")
 Pair = tuple[Path, Path]
 
 
-def train_transform(size: int, mean, std) -> v2.Compose:
-    # v2 applies the geometric transforms to image and tv_tensors.Mask alike (masks nearest,
-    # rotation corners filled with class 0); ColorJitter, ToDtype and Normalize leave masks alone.
+def train_transform(size: int, mean, std, augmentation: Basic | None = None) -> v2.Compose:
+    # v2 applies the geometric transforms to image and tv_tensors.Mask alike (masks nearest);
+    # the photometric ones, ToDtype and Normalize leave masks alone (transferlab.data.augment).
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(10),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
+        *(augmentation or Basic()).segmentation(size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])
@@ -138,17 +136,19 @@ class SegmentationFolderDataModule(SeededLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        # Split folders when train/ has them, else one images/ + masks/ folder (the pool).
-        folders = (SPLITS if (self.root / "train" / "images").is_dir() else ("",))
-        if not (self.root / folders[0] / "images").is_dir():
+        # Split folders (data.folders) when the train folder has images/, else one images/ +
+        # masks/ folder (the pool).
+        named = {split: name for split, name in self.folders.items() if name}
+        layout = named if (self.root / named["train"] / "images").is_dir() else {"train": ""}
+        if not (self.root / layout["train"] / "images").is_dir():
             raise DataError(
-                f"dataset not found: expected {self.root}/train/images/<id>.png and "
-                f"{self.root}/train/masks/<id>{self.mask_suffix}.png (with val/ and test/ beside "
-                f"train/ if you have them), or one folder {self.root}/images + {self.root}/masks. "
+                f"dataset not found: expected {self.root}/{named['train']}/images/<id>.png and "
+                f"{self.root}/{named['train']}/masks/<id>{self.mask_suffix}.png (with val/ and test/ "
+                f"beside it if you have them), or one folder {self.root}/images + {self.root}/masks. "
                 "Put the data there, or point data.root (or TRANSFERLAB_DATA_DIR) at it."
             )
-        found = {split or "train": self.stem_pairs(split) for split in folders
-                 if split in ("", "train") or (self.root / split / "images").is_dir()}
+        found = {split: self.stem_pairs(name) for split, name in layout.items()
+                 if split == "train" or (self.root / name / "images").is_dir()}
         unpaired = [line for _, lines in found.values() for line in lines]
         if unpaired:
             raise DataError(self.unpaired_message(unpaired))
@@ -167,7 +167,7 @@ class SegmentationFolderDataModule(SeededLoaders):
         split = self.make_split(
             {name: [Item(i.relative_to(self.root).as_posix()) for i, _ in pairs]
              for name, pairs in usable.items()},
-            "split folders" if folders == SPLITS else "one folder",
+            "split folders" if layout is named else "one folder",
         )
         pairs = {}
         for name, items in split.items():
@@ -176,10 +176,10 @@ class SegmentationFolderDataModule(SeededLoaders):
                 folder = self.root / name
                 raise DataError(f"{folder if folder.is_dir() else f'the {name} split of {self.root}'}"
                                 " has no usable image-mask pairs")
-        make_train = train_transform if self.augment else eval_transform
         size, mean, std = self.image_size, self.mean, self.std
         fixed = eval_transform(size, mean, std)
-        self.train_set = SegmentationPairs(pairs["train"], self.encode_mask, make_train(size, mean, std))
+        train = train_transform(size, mean, std, self.augmentation) if self.augment else fixed
+        self.train_set = SegmentationPairs(pairs["train"], self.encode_mask, train)
         self.val_set = SegmentationPairs(pairs["val"], self.encode_mask, fixed)
         if "test" in pairs:
             self.test_set = SegmentationPairs(pairs["test"], self.encode_mask, fixed)

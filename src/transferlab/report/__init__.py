@@ -17,12 +17,13 @@ other row the same way, so a winner is named only when no interval reaches it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from transferlab.report.jobs import SWEEPS_ROOT, Job, _name, latest_sweep, monitor_mode, read_jobs
 from transferlab.report.plots import plot_best, plot_curves, plot_tradeoff
+from transferlab.report.select import compare_selected
 from transferlab.report.stats import Paired, paired
 from transferlab.report.table import (
     BASELINE,
@@ -54,11 +55,14 @@ class ReportResult:
     problems: list[Job]
     markdown: str
     files: list[Path]
+    selected: list[Row] = field(default_factory=list)  # with `compare`: one row per compared value
 
 
-def build_report(sweep_dir: Path, plots: bool = True,
-                 baseline: tuple[str, str] = BASELINE) -> ReportResult:
-    """Reads the sweep, writes report.csv, report.md and (unless plots=False) the PNGs into it."""
+def build_report(sweep_dir: Path, plots: bool = True, baseline: tuple[str, str] = BASELINE,
+                 compare: tuple[str, ...] = ()) -> ReportResult:
+    """Reads the sweep, writes report.csv, report.md and (unless plots=False) the PNGs into it.
+    `compare`: keys whose configurations are compared each at its own selected setting
+    (`transferlab.report.select`), in a section of report.md and selected.csv of their own."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
@@ -84,8 +88,14 @@ def build_report(sweep_dir: Path, plots: bool = True,
         notes.append(f"**Warning:** the jobs monitor different metrics {dict(monitors)}; "
                      f"their `best` values are not comparable.")
     markdown = to_markdown(sweep_dir, rows, problems, monitor, mode, notes, kind, verdict, baseline)
-
     files = [sweep_dir / "report.csv", sweep_dir / "report.md"]
+    selected = []
+    if compare:
+        selected, section = compare_selected(rows, tuple(compare), monitor, mode, baseline)
+        markdown += section
+        write_csv(selected, monitor, sweep_dir / "selected.csv")
+        files.append(sweep_dir / "selected.csv")
+
     plot_fns = {"curves.png": plot_curves, "best.png": partial(plot_best, kind=kind),
                 "tradeoff.png": plot_tradeoff}
     if plots:
@@ -95,6 +105,6 @@ def build_report(sweep_dir: Path, plots: bool = True,
         markdown += "\n" + "\n".join(f"![{n[:-4]}]({n})" for n in plot_fns) + "\n"
     write_csv(rows, monitor, files[0])
     files[1].write_text(markdown)
-    return ReportResult(sweep_dir, monitor, mode, common, rows, problems, markdown, files)
+    return ReportResult(sweep_dir, monitor, mode, common, rows, problems, markdown, files, selected)
 
 

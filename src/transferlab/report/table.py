@@ -41,6 +41,8 @@ class Row:
     diff: float | None = None  # mean paired difference to the baseline (compared metric)
     vs_baseline: Paired | None = None
     vs_top: Paired | None = None  # the top row minus this row, paired
+    selected: str | None = None  # `--compare`: the tuning settings this row won its group with
+    candidates: int = 0  # `--compare`: how many configurations it was selected from
 
     def values(self, kind: str, monitor: str) -> list[float]:
         found = (j.value(kind, monitor) for j in self.ok_jobs)
@@ -209,6 +211,8 @@ def write_csv(rows: list[Row], monitor: str, path: Path) -> None:
             "params_total": r.params_total, "peak_cpu_rss_mb": r.peak_memory.get("cpu_rss_mb"),
             "peak_gpu_mb": r.peak_memory.get("gpu_mb"),
         }
+        if r.selected is not None:
+            values |= {"selected_setting": r.selected, "selected_of": r.candidates}
         records.append({k: "" if v is None else v for k, v in values.items()})
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))

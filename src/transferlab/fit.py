@@ -68,7 +68,7 @@ def build_data(cfg: DictConfig, run_dir: Path):
     # The one place the normalisation is decided: the pretrained weights' own, else ImageNet's.
     mean, std = init.normalization(get_class(cfg.backbone._target_), cfg.backbone.name)
     datamodule = instantiate(cfg.data, mean=cfg.data.get("mean") or mean, std=cfg.data.get("std") or std,
-                             augmentation=cfg.get("augment"))
+                             augmentation=cfg.get("augment"), mixing=cfg.get("mixup"))
     datamodule.prepare_data()
 
     def setup():
@@ -91,6 +91,8 @@ def build_model(cfg: DictConfig, datamodule):
     if module_class.task != datamodule.task:
         raise ConfigError(f"model {module_class.__name__} is for task {module_class.task}, but "
                           f"data {type(datamodule).__name__} holds {datamodule.task} data")
+    if datamodule.mixing.active:
+        model_args["mixed_targets"] = True  # soft targets: train accuracy is the dominant label's
     if "class_weights" in model_args:
         model_args["class_weights"] = decide_class_weights(
             model_args["class_weights"], datamodule.train_class_counts(), classes)

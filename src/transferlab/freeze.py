@@ -21,6 +21,7 @@ from transferlab.models.backbones import HEAD, StageItem, Stages, stage_modules,
 log = logging.getLogger(__name__)
 
 BN_STATS = ("source", "target")  # freeze.bn_stats: whose statistics frozen BatchNorm layers keep
+BN_MODES = ("frozen_only", "all")  # freeze.bn: which BatchNorm layers run in inference mode
 
 
 def is_frozen(items: list[StageItem]) -> bool:
@@ -39,13 +40,18 @@ class FreezeStrategy(Callback):
     """`bn_stats`: `source` keeps the running statistics the weights came with; `target`
     re-estimates those of the BatchNorm layers frozen at the start on the target's train images,
     once before training (AdaBN, Li et al. 2016), and they stay frozen after: for a source whose
-    statistics no longer fit (another resolution or domain)."""
+    statistics no longer fit (another resolution or domain). `bn`: `frozen_only` runs the frozen
+    stages' BatchNorm in inference mode (frozen means frozen); `all` every BatchNorm, trainable or
+    not (their weights train, their statistics stay put: the Keras guide's advice for small
+    batches)."""
 
-    def __init__(self, backbone_lr_mult: float = 1.0, bn_stats: str = "source"):
-        if bn_stats not in BN_STATS:
-            raise ConfigError(f"freeze.bn_stats={bn_stats!r}; choose one of {', '.join(BN_STATS)}")
+    def __init__(self, backbone_lr_mult: float = 1.0, bn_stats: str = "source", bn: str = "frozen_only"):
+        if bn_stats not in BN_STATS or bn not in BN_MODES:
+            raise ConfigError(f"freeze.bn_stats={bn_stats!r}, freeze.bn={bn!r}: choose "
+                              f"bn_stats from {', '.join(BN_STATS)} and bn from {', '.join(BN_MODES)}")
         self.backbone_lr_mult = backbone_lr_mult
         self.bn_stats = bn_stats
+        self.bn = bn
 
     def frozen_stages(self, names: list[str], epoch: int) -> set[str]:
         raise NotImplementedError
@@ -64,7 +70,20 @@ class FreezeStrategy(Callback):
         thawed = [n for n, mods in stages.items() if n not in frozen and is_frozen(mods)]
         for name, modules in stages.items():
             set_frozen(modules, name in frozen, training)
+        self.settle_modes(stages)
         return thawed
+
+    def settle_modes(self, stages: Stages) -> None:
+        """After anything set modes (Lightning's train() around validation, `apply`): frozen stages
+        back in eval mode, and with `bn=all` every BatchNorm layer."""
+        for items in stages.values():
+            if is_frozen(items):
+                for m in stage_modules(items):
+                    m.eval()
+            if self.bn == "all":
+                for m in (sub for item in stage_modules(items) for sub in item.modules()):
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
 
     def adapt_statistics(self, stages: Stages, net: nn.Module, images: Dataset, batch_size: int,
                          num_workers: int, device: torch.device) -> int:
@@ -135,8 +154,8 @@ class PartialFineTune(FreezeStrategy):
     the input, and a negative count -k all the stages below the head but the last k."""
 
     def __init__(self, frozen_stages: int | list[str] = -1, backbone_lr_mult: float = 1.0,
-                 bn_stats: str = "source"):
-        super().__init__(backbone_lr_mult, bn_stats)
+                 bn_stats: str = "source", bn: str = "frozen_only"):
+        super().__init__(backbone_lr_mult, bn_stats, bn)
         self.frozen = frozen_stages
 
     def frozen_stages(self, names, epoch):
@@ -177,8 +196,9 @@ class GradualUnfreezing(FreezeStrategy):
         backbone_lr_mult: float = 0.1,
         stage_lr_decay: float = 0.5,
         bn_stats: str = "source",
+        bn: str = "frozen_only",
     ):
-        super().__init__(backbone_lr_mult, bn_stats)
+        super().__init__(backbone_lr_mult, bn_stats, bn)
         if head_epochs < 0 or unfreeze_every < 1:
             raise ConfigError("freeze.head_epochs must be >= 0 and freeze.unfreeze_every >= 1")
         self.head_epochs = head_epochs

@@ -200,7 +200,11 @@ class ImageFolderDataModule(SeededLoaders):
         dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         return LabelledImages(dataset.samples, eval_transform(self.image_size, self.mean, self.std))
 
-    def images_to_encode(self, augmented: bool) -> dict[str, LabelledImages]:
+    def images_to_encode(self, augmented: bool) -> dict[str, LabelledImages] | None:
+        if self.mixing.active:
+            log.info("mixup=%s mixes images: the feature cache stays off (mixing its cached "
+                     "features would be feature-level mixing, another experiment)", self.mixing.name)
+            return None
         return {"train": self.train_set if augmented else self.fixed_view("train"), "val": self.val_set}
 
     def train_class_counts(self) -> list[int]:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.augment import Basic
+from transferlab.data.mixing import NoMixing
 from transferlab.data.images import check_policy
 from transferlab.data.splits import SPLITS, Item, SplitSettings, describe, record, split_files
 from transferlab.errors import ConfigError
@@ -145,6 +146,7 @@ class SeededLoaders(L.LightningDataModule):
         std: tuple[float, ...] | None = None,
         augment: bool = True,
         augmentation: Basic | None = None,
+        mixing: NoMixing | None = None,
         on_bad_file: str = "error",
         pin_memory: bool | str = False,
         seed: int = 0,
@@ -178,6 +180,9 @@ class SeededLoaders(L.LightningDataModule):
         # the `augment` group's policy; data.augment=false (or augment=none) turns it off
         self.augmentation = augmentation or Basic()
         self.augment = bool(augment) and self.augmentation.augments
+        self.mixing = mixing or NoMixing()  # the `mixup` group's batch mixing
+        self._mix = None
+        self._mixed = (-1, 0)  # (epoch, batches mixed in it): each batch's draws are its own
         self.on_bad_file = on_bad_file
         self.pin_memory = pin_memory
         self.seed = seed
@@ -254,6 +259,21 @@ class SeededLoaders(L.LightningDataModule):
         if self.pin_memory != "auto":
             return bool(self.pin_memory)
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches mixed (`mixup=`) on the device, after sampling; nothing else is. The
+        mixing weight and boxes are drawn under a seed of (seed, epoch, batch), so they do not
+        depend on what else drew from the global stream before (a resumed run mixes alike)."""
+        if not self.mixing.active or self.trainer is None or not self.trainer.training:
+            return batch
+        if self._mix is None:
+            self._mix = self.mixing.transform(len(self.classes))
+        epoch = self.trainer.current_epoch
+        index = self._mixed[1] if self._mixed[0] == epoch else 0
+        self._mixed = (epoch, index + 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seeds(self.seed, epoch, index, 1))
+            return self._mix(*batch)
 
     def train_sampler(self, size: int) -> EpochSampler:
         """The order of the training samples; `size`: the training set's length."""

@@ -127,6 +127,9 @@ class SegmentationFolderDataModule(SeededLoaders):
         **common,
     ):
         super().__init__(root, image_size=image_size, **common)
+        if self.mixing.active:
+            raise ConfigError(f"mixup={self.mixing.name} is for classification: segmentation "
+                              "masks have no soft targets here; use mixup=none")
         self.classes = class_names(mask_mode, classes, mask_values)
         self.mask_suffix = mask_suffix or ""
         self.encode_mask = MaskEncoding(

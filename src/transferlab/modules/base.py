@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from transferlab.errors import ConfigError
 from transferlab.freeze import is_frozen
-from transferlab.models.backbones import Backbone, Stages, stage_modules, stage_parameters
+from transferlab.models.backbones import Backbone, Stages, stage_parameters
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,7 @@ class TransferModule(L.LightningModule):
         # Lightning toggles train/eval around validation; frozen stages must stay in eval.
         super().train(mode)
         if mode:
-            for items in self.stages.values():
-                if is_frozen(items):
-                    for m in stage_modules(items):
-                        m.eval()
+            self.freeze_strategy.settle_modes(self.stages)
         return self
 
     def lr_scale(self) -> float:

@@ -13,6 +13,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from transferlab.errors import ConfigError
 from transferlab.modules.base import TransferModule
 
 
@@ -23,9 +24,15 @@ class ClassificationModule(TransferModule):
     dense = False
     backbone_hint = "a classifier backbone such as backbone=resnet18"
 
-    def __init__(self, *, class_weights: list[float] | None = None, **common):
+    def __init__(self, *, class_weights: list[float] | None = None, label_smoothing: float = 0.0,
+                 mixed_targets: bool = False, **common):
         """`class_weights`: one loss weight per class (`transferlab.class_weights` decides them),
-        None for plain cross-entropy. Train, val and test losses use the same weights."""
+        None for plain cross-entropy; `label_smoothing`: cross-entropy's (0: none). Train, val and
+        test losses use the same weights and smoothing. `mixed_targets`: the training batches come
+        mixed (`mixup=`), with soft targets; train accuracy is then against each image's dominant
+        label, logged as `train/acc_dominant`."""
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"model.label_smoothing={label_smoothing}: use a value in [0, 1)")
         super().__init__(**common)
         num_classes = self.hparams.num_classes
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
@@ -42,11 +49,18 @@ class ClassificationModule(TransferModule):
         self.val_acc_best = MaxMetric()
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=self.class_weight)
+        smoothing = self.hparams.label_smoothing
+        if y.ndim == 1:
+            return F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=smoothing)
+        return soft_cross_entropy(logits, y, self.class_weight, smoothing)
+
+    @property
+    def train_acc_name(self) -> str:
+        return "train/acc_dominant" if self.hparams.mixed_targets else "train/acc"
 
     def monitorable(self) -> list[str]:
         return ["val/acc", "val/balanced_acc", "val/f1", "val/loss", "val/acc_best", "train/loss",
-                "train/acc"]
+                self.train_acc_name]
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity check
@@ -59,12 +73,12 @@ class ClassificationModule(TransferModule):
         # and computing or logging them costs more than a whole step on cached features.
         # Losses average over images.
         self.train_loss.update(loss.detach(), weight=len(y))
-        self.train_acc.update(logits, y)
+        self.train_acc.update(logits, y if y.ndim == 1 else y.argmax(1))  # mixed: the dominant label
         if batch_idx == 0:
             # Logging a metric object hands Lightning the object; it computes the epoch's value
             # before any callback's on_train_epoch_end. Logged from the module's own
             # on_train_epoch_end, it would arrive after RunSummary recorded the epoch.
-            self.log_dict({"train/loss": self.train_loss, "train/acc": self.train_acc},
+            self.log_dict({"train/loss": self.train_loss, self.train_acc_name: self.train_acc},
                           on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -122,3 +136,17 @@ class ClassificationModule(TransferModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.probabilities(self(x))
 
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                       smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against soft targets (N, C), as `F.cross_entropy` treats hard labels: the
+    smoothing mixes each target with the uniform distribution, each image's loss is
+    -sum_c w_c y'_c log p_c, and the batch's is their sum over the sum of the images' weights w.y
+    (the unsmoothed targets'). One-hot targets give exactly the hard-label loss, weights and
+    smoothing included (tests/modules/test_classification.py)."""
+    classes = logits.shape[1]
+    weight = torch.ones(classes, device=logits.device) if weight is None else weight
+    smoothed = target * (1 - smoothing) + smoothing / classes
+    per_image = -(smoothed * weight * logits.log_softmax(dim=1)).sum(dim=1)
+    return per_image.sum() / (target @ weight).sum()

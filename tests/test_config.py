@@ -4,7 +4,7 @@ import pytest
 from hydra.utils import instantiate
 
 from transferlab.config import compose
-from transferlab.models.backbones import torchvision_models
+from transferlab.models.backbones import segmentation_models, torchvision_models
 from transferlab.freeze import FreezeStrategy
 from transferlab.cli.train import swept_hparams
 from transferlab.config import config_dir
@@ -33,7 +33,7 @@ def test_every_option_composes_and_instantiates(tmp_path, override, monkeypatch)
     needs_root = override in ("data=image_folder", "data=segmentation_folder")
     extra = ["data.root=/my/images"] if needs_root else []
     cfg = compose([override, *extra], tmp_path)
-    assert cfg.backbone.name in torchvision_models()
+    assert cfg.backbone.name in torchvision_models() + segmentation_models()
     assert isinstance(instantiate(cfg.freeze), FreezeStrategy)
     instantiate(cfg.init)
     instantiate(cfg.data)

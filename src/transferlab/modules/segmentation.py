@@ -31,19 +31,24 @@ class BCEDiceLoss(nn.Module):
 
 
 class SegmentationModule(TransferModule):
-    """A U-Net style network trained by a freeze strategy, scored by Dice and IoU per class.
+    """A dense network (U-Net, FCN, DeepLabV3, LR-ASPP) trained by a freeze strategy, scored by
+    Dice and IoU per class.
 
     `loss=bce_dice` (what `auto` picks for two classes) gives the network one foreground logit;
     `cross_entropy` gives it one logit per class. Either way predictions, metrics and
-    `predict_step` probabilities cover all `num_classes` classes. Every argument is a primitive or
-    a plain dict (see `TransferModule`).
+    `predict_step` probabilities cover all `num_classes` classes. A network with an aux
+    classifier returns {'out', 'aux'} in training: the loss adds `aux_weight` x the aux output's
+    loss (torchvision's recipe: 0.5); everything else reads 'out'. Every argument is a primitive
+    or a plain dict (see `TransferModule`).
     """
 
     task = "segmentation"
     dense = True
-    backbone_hint = "a segmentation backbone such as backbone=unet_vgg16_bn"
+    backbone_hint = ("a segmentation backbone: backbone=unet_vgg16_bn, backbone=unet "
+                     "backbone.encoder=resnet34, or backbone=tv_segmentation backbone.name=fcn_resnet50")
 
-    def __init__(self, *, loss: str = "auto", logged_images: int = 4, **common):
+    def __init__(self, *, loss: str = "auto", logged_images: int = 4, aux_weight: float = 0.5,
+                 **common):
         super().__init__(**common)
         self.criterion = BCEDiceLoss() if self.binary else nn.CrossEntropyLoss()
         num_classes = self.hparams.num_classes
@@ -76,8 +81,11 @@ class SegmentationModule(TransferModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.logits(x)
+        outputs = self.logits(x)
+        logits = main_output(outputs)
         loss = self.criterion(logits, y)
+        if isinstance(outputs, dict) and "aux" in outputs:
+            loss = loss + self.hparams.aux_weight * self.criterion(outputs["aux"], y)
         self.train_loss(loss)
         self.train_dice(self.labels(logits.detach()), y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -91,7 +99,7 @@ class SegmentationModule(TransferModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.logits(x)
+        logits = main_output(self.logits(x))
         predicted = self.labels(logits)
         self.val_loss(self.criterion(logits, y))
         self.val_dice(predicted, y)
@@ -135,7 +143,7 @@ class SegmentationModule(TransferModule):
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.logits(x)
+        logits = main_output(self.logits(x))
         predicted = self.labels(logits)
         self.test_loss(self.criterion(logits, y))
         self.test_dice(predicted, y)
@@ -156,7 +164,12 @@ class SegmentationModule(TransferModule):
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self.probabilities(self(x))
+        return self.probabilities(main_output(self(x)))
+
+
+def main_output(outputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits of a network's output: itself, or 'out' of torchvision's {'out', 'aux'}."""
+    return outputs["out"] if isinstance(outputs, dict) else outputs
 
 
 def present(iou: torch.Tensor) -> torch.Tensor:

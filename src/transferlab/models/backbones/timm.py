@@ -64,6 +64,21 @@ def timm_tag(name: str, weights: str) -> str:
     return name if weights == "DEFAULT" or "." in name else f"{name}.{weights}"
 
 
+def timm_pretrained(tag: str, **kwargs) -> nn.Module:
+    """timm's model `tag` with its pretrained weights (from the Hugging Face cache or downloaded);
+    `kwargs` go to `timm.create_model` (`features_only=True` for a U-Net encoder)."""
+    timm = import_timm()
+    try:
+        return timm.create_model(tag, pretrained=True, **kwargs)
+    except Exception as err:  # offline: huggingface_hub and urllib raise several types
+        raise ConfigError(
+            f"timm weights {tag} are not cached and could not be downloaded "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "Pass init.weights_path=/path/to/state_dict (a timm .pth/.safetensors state_dict or "
+            "a transferlab checkpoint), or train without them: init=he or init=default."
+        ) from err
+
+
 class TimmBackbone(Backbone):
     """Any `timm` model by name (see the module docstring); extra arguments go to
     `timm.create_model`, e.g. `+backbone.drop_path_rate=0.1`."""
@@ -109,18 +124,8 @@ class TimmBackbone(Backbone):
         return tuple(cfg.mean), tuple(cfg.std)
 
     def pretrained_state(self, weights):
-        timm = import_timm()
         tag = timm_tag(self.name, weights)
-        try:
-            source = timm.create_model(tag, pretrained=True)
-        except Exception as err:  # offline: huggingface_hub and urllib raise several types
-            raise ConfigError(
-                f"timm weights {tag} are not cached and could not be downloaded "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-                "Pass init.weights_path=/path/to/state_dict (a timm .pth/.safetensors state_dict or "
-                "a transferlab checkpoint), or train without them: init=he or init=default."
-            ) from err
-        return source.state_dict(), f"timm {tag}"
+        return timm_pretrained(tag).state_dict(), f"timm {tag}"
 
     def size_hint(self):
         return (". timm models built for one size take +backbone.img_size=N "

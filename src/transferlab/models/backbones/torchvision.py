@@ -162,10 +162,15 @@ def torchvision_weights(name: str, weights: str) -> torchvision.models.WeightsEn
 
 
 def torchvision_state(name: str, weights: str) -> tuple[StateDict, str]:
-    found = torchvision_weights(name, weights)
+    return weights_state(torchvision_weights(name, weights), name)
+
+
+def weights_state(found: torchvision.models.WeightsEnum, name: str) -> tuple[StateDict, str]:
+    """The tensors of torchvision weights `found` (for network `name`), from TORCH_HOME's cache
+    or downloaded, and where they came from."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(found.url).path).name
     if cached.is_file():
-        return load_state_dict_file(cached), f"{name} {weights} ({cached})"
+        return load_state_dict_file(cached), f"{name} {found} ({cached})"
     try:
         return found.get_state_dict(progress=False, weights_only=True), f"{name} {found}"
     except OSError as err:  # URLError, socket errors: offline

@@ -7,7 +7,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import TensorDataset
 

@@ -1,5 +1,6 @@
 """transferlab's Lightning callbacks: the run summary, the NaN guard, per-epoch seeding."""
 
+import logging
 import math
 import resource
 import time
@@ -12,6 +13,8 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from transferlab.summary import update_summary
+
+log = logging.getLogger("transferlab")
 
 
 class NonFiniteLossGuard(Callback):
@@ -152,4 +155,7 @@ class RunSummary(Callback):
                 logger.log_hyperparams(self.hparams, final)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._write(trainer, pl_module, "failed", error=f"{type(exception).__name__}: {exception}")
+        try:
+            self._write(trainer, pl_module, "failed", error=f"{type(exception).__name__}: {exception}")
+        except OSError as err:  # the failure may be the disk itself: say so, do not add another
+            log.warning("summary.json not updated (%s); the run's failure: %s", err, exception)

@@ -128,7 +128,10 @@ def fit(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None,
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [summary, EpochSeed(cfg.seed)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    if cfg.get("checkpoint_io"):
+        plugins.append(instantiate(cfg.checkpoint_io))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins or None)
     if trainer.is_global_zero:
         write_record(run_dir / "split.json", datamodule.split_record)
     if ckpt_path is None:  # a resumed run's statistics are in its checkpoint

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -70,3 +71,30 @@ def test_killed_run_resumes_in_its_own_dir_and_ends_like_an_uninterrupted_one(hy
     a, b = weights(straight), weights(killed)
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_kills_in_the_middle_of_checkpoint_writes_always_leave_a_run_that_resumes(image_folder, tmp_path):
+    """Each checkpoint is written slowly (tests/support/faults.py), and the run is killed -9
+    while a new last.ckpt is half written over an existing one, three times over; every time
+    the old last.ckpt is whole, the run resumes from it, and it ends completed."""
+    args = [*TINY, "trainer.max_epochs=5", f"data.root={image_folder}", "data.image_size=32",
+            "checkpoint_io._target_=tests.support.faults.SlowCheckpointIO", "hydra.run.dir=run"]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2])}
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    command = [str(BIN / "transferlab-train"), *args]
+    for kill in range(3):
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while not (last.exists() and list(last.parent.glob(".last.ckpt.*.tmp"))):
+            assert proc.poll() is None and time.monotonic() < deadline, f"no write to kill ({kill})"
+            time.sleep(0.02)
+        time.sleep(0.5)  # half way through the write
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        torch.load(last, weights_only=True)  # whole: the kill cost the new one only
+        command = [str(BIN / "transferlab-train"), "resume=run"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert summary(tmp_path / "run")["status"] == "completed"
+    assert [h["epoch"] for h in summary(tmp_path / "run")["history"]] == [0, 1, 2, 3, 4]

@@ -19,6 +19,9 @@ from transferlab.errors import ConfigError, DataError
 __all__ = ["USER_ERRORS", "closing", "config_dir", "finished_run", "shown", "stop", "user_errors"]
 
 log = logging.getLogger("transferlab")
+# A log file on a full disk: its failed writes are not the story (Python's production setting:
+# no traceback per failed log line).
+logging.raiseExceptions = False
 
 # Errors whose message is the whole story: a command prints it and exits 1, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, FloatingPointError)

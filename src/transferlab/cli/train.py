@@ -47,9 +47,10 @@ def process_rank() -> int:
     return 0
 
 
-def restore_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The saved config and last checkpoint of a run to continue."""
-    others = [o for o in overrides if not o.startswith("resume=")]
+def restore_run(run_dir: Path, overrides: list[str], resume_from: str = "last") -> tuple[DictConfig, Path]:
+    """The saved config of a run to continue, and the checkpoint it continues from (`resume_from`:
+    last, best or a file), refused with one line when that checkpoint cannot be read back."""
+    others = [o for o in overrides if not o.startswith(("resume=", "resume_from="))]
     if others:
         raise ConfigError(
             f"resume restores the run's saved config; drop the other overrides {others} "
@@ -57,10 +58,8 @@ def restore_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
         )
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"resume={run_dir}: no config.yaml there, so it is not a transferlab run dir")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ConfigError(f"resume={run_dir}: {last} does not exist; the run never finished an epoch")
-    log.info("resuming %s from %s", shown(run_dir), shown(last))
+    path = resumed_checkpoint(run_dir, str(resume_from))
+    log.info("resuming %s from %s", shown(run_dir), shown(path))
     cfg = OmegaConf.load(run_dir / "config.yaml")
     for key in RETIRED_KEYS:
         parent, _, leaf = key.rpartition(".")
@@ -68,7 +67,29 @@ def restore_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Path]:
         if node is not None and leaf in node:
             with open_dict(node):
                 node.pop(leaf)
-    return cfg, last
+    return cfg, path
+
+
+def resumed_checkpoint(run_dir: Path, resume_from: str) -> Path:
+    from transferlab.checkpoints import readable
+    from transferlab.summary import best_checkpoint
+
+    folder = run_dir / "checkpoints"
+    path = {"last": folder / "last.ckpt", "best": best_checkpoint(run_dir)}.get(resume_from, Path(resume_from))
+    if path is None or not path.is_file():
+        missing = "it has no best checkpoint" if path is None else f"{path} does not exist"
+        raise ConfigError(f"resume={run_dir}: {missing}; the run never finished an epoch"
+                          if resume_from == "last" else f"resume={run_dir} resume_from={resume_from}: {missing}")
+    why = readable(path)
+    if why is None:
+        return path
+    others = sorted((p for p in folder.glob("*.ckpt") if p != path and readable(p) is None),
+                    key=lambda p: p.stat().st_mtime)
+    fix = (f"continue from the newest readable one, {others[-1].name}: transferlab-train "
+           f"resume={shown(run_dir)} resume_from={'best' if others[-1] == best_checkpoint(run_dir) else others[-1]}"
+           if others else "no other checkpoint of the run reads back: start a new run")
+    raise ConfigError(f"resume={shown(run_dir)}: {shown(path)} is unreadable, cut short by a crash or a "
+                      f"broken copy ({why}); {fix}")
 
 
 def device_count(trainer_cfg: DictConfig) -> int:
@@ -166,8 +187,11 @@ def failed(err: BaseException, cfg: DictConfig, run_dir: Path, start: float) -> 
         reason = f"{type(err).__name__}: {err}"
         log.error("%s", reason)
     # The trainer records failures it sees; this catches the ones before it (bad data, config).
-    update_summary(run_dir / "summary.json", monitor=cfg.get("monitor"),
-                   monitor_mode=cfg.get("monitor_mode"), status="failed", error=reason)
+    try:
+        update_summary(run_dir / "summary.json", monitor=cfg.get("monitor"),
+                       monitor_mode=cfg.get("monitor_mode"), status="failed", error=reason)
+    except OSError as write_error:  # a full or vanished disk: the reason below says what happened
+        log.warning("summary.json not updated: %s", write_error)
     log.info("%s", closing("run failed", outcome(run_dir, time.perf_counter() - start, reason,
                                                  cfg.get("logger"))))
     stop(err, HydraConfig.get().mode)
@@ -182,7 +206,7 @@ def main(cfg: DictConfig) -> float | None:
     ckpt_path, hparams = None, None
     if cfg.get("resume"):
         with user_errors(hydra_cfg.mode):  # a refused resume leaves the run's record as it was
-            cfg, ckpt_path = restore_run(run_dir, list(hydra_cfg.overrides.task))
+            cfg, ckpt_path = restore_run(run_dir, list(hydra_cfg.overrides.task), cfg.get("resume_from", "last"))
     else:
         record = run_record(cfg)
         hparams = record["hparams"]

@@ -12,7 +12,7 @@ loaders, `FeatureCache`, `transferlab.load(...).predicted`, and `transferlab.con
 hand: torchvision models, ImageFolder, DataLoader, autocast, SGD. Speed claims are ratios between
 the two sides; the absolute targets are the issue's, for H100/H200. The table and a JSON of the raw
 numbers are rewritten after every section, so a run stopped by a device timeout keeps what it did.
-docs/gpu_benchmark_draft.md explains the rows.
+docs/performance.md ("GPU rows") explains the rows.
 """
 
 import argparse

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from transferlab.config import compose
@@ -120,7 +121,7 @@ def test_a_run_saved_with_retired_settings_still_resumes(tmp_path):
     saved.callbacks.fast_training.pin_memory = "auto"
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").touch()
+    torch.save({"epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
     cfg, last = restore_run(tmp_path, [f"resume={tmp_path}"])
     instantiate(cfg.callbacks.fast_training)
     assert last == tmp_path / "checkpoints" / "last.ckpt"

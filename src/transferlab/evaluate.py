@@ -82,8 +82,10 @@ def split_data(run_cfg: DictConfig, folder: Path):
 
 def evaluate(run: str | Path, split: str = "val", checkpoint: str = "best",
              out: str | Path | None = None, device: str | None = None, batch_size: int = 16,
-             num_workers: int = 2, on_bad_file: str = "warn") -> Evaluation:
-    """Check the inputs, predict, and let the task score and write the results."""
+             num_workers: int = 2, on_bad_file: str = "warn", cam=None) -> Evaluation:
+    """Check the inputs, predict, and let the task score and write the results; with `cam` (a
+    `transferlab.explain.CamSettings` with a method) its figure of the worst images shows where
+    the model looked."""
     from transferlab.inference import checkpoint_path, load
 
     run_dir = Path(run)
@@ -94,5 +96,6 @@ def evaluate(run: str | Path, split: str = "val", checkpoint: str = "best",
     quiet_libraries()
     log.info("evaluating %s on %s (%s)", shown(predictor.checkpoint), shown(folder), predictor.device)
     inputs = EvalInputs(predictor, split_data(run_cfg, folder), folder,
-                        out_dir(run_dir, split, checkpoint, out), batch_size, num_workers, on_bad_file)
+                        out_dir(run_dir, split, checkpoint, out), batch_size, num_workers, on_bad_file,
+                        cam)
     return predictor.task.evaluate(inputs)

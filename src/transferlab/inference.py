@@ -161,5 +161,32 @@ class Predictor:
         return [self.result(str(sources[i]) if isinstance(sources[i], Path) else f"<image {i}>", p, size)
                 for i, p, size in self.predicted(sources, batch_size, num_workers, tta)]
 
+    def explain(self, inputs, method: str = "gradcam", stage: str | None = None,
+                targets: list[int] | None = None, batch_size: int = 8, on_bad_file: str = "warn"):
+        """Class activation maps (`transferlab.explain`), one per usable image, each at the
+        image's own size in [0, 1]: for `targets` (a class index per image; None: the task's
+        default, the predicted class for classification, the first foreground class for
+        segmentation). Returns (source, map) pairs in input order."""
+        sources, _ = self.usable(inputs, on_bad_file)
+        return [(str(sources[i]) if isinstance(sources[i], Path) else f"<image {i}>", cam)
+                for i, cam in self.explained(sources, method, stage, targets, batch_size)]
+
+    def explained(self, sources: list[Source], method: str = "gradcam", stage: str | None = None,
+                  targets: list[int] | None = None, batch_size: int = 8, num_workers: int = 0):
+        """(index into `sources`, map at the image's own size) per image, in order."""
+        from transferlab.explain import cams
+
+        loader = DataLoader(Images(sources, self.transform()), batch_size=batch_size,
+                            num_workers=num_workers)
+        default = self.task.cam_target
+        for x, index, sizes in loader:
+            if targets is not None:
+                chosen = [targets[i] for i in index.tolist()]
+            else:
+                chosen = None if default is None else [default] * len(index)
+            maps = cams(self.module, x.to(self.device), method, chosen, stage)
+            for i, cam, size in zip(index.tolist(), maps, sizes.tolist()):
+                yield i, self.task.cam_on_image(cam, size, self.preprocess)
+
     def result(self, source: str, probs: torch.Tensor, size: list[int]):
         return self.task.prediction(source, probs, size, self.class_names)

@@ -29,10 +29,13 @@ def input_root(pattern: str) -> Path:
 
 def predict_files(run: str | Path, inputs: str, out: Path, checkpoint: str = "best",
                   device: str | None = None, batch_size: int = 8, num_workers: int = 2,
-                  tta: str | None = None, on_bad_file: str = "warn", overlays: bool = True) -> dict:
+                  tta: str | None = None, on_bad_file: str = "warn", overlays: bool = True,
+                  cam=None) -> dict:
     """Predict every usable image of `inputs` (a file, a folder or a glob) into `out`; files
-    that are no images or do not decode are listed in `out`/bad_files.txt. Returns what the
-    closing block shows: the image count, the unusable count and the task's output folders."""
+    that are no images or do not decode are listed in `out`/bad_files.txt. With `cam` (a
+    `transferlab.explain.CamSettings` with a method), each image's class activation map is drawn
+    over it in `out`/cam/ and its peak is the cam_peak column. Returns what the closing block
+    shows: the image count, the unusable count and the task's output folders."""
     if tta not in TTA:
         raise ConfigError(f"tta={tta!r}; choose one of {TTA}")
     quiet_libraries()
@@ -40,17 +43,42 @@ def predict_files(run: str | Path, inputs: str, out: Path, checkpoint: str = "be
     sources, bad = listed(out / "bad_files.txt", lambda: predictor.usable(inputs, on_bad_file))
     if not sources:
         raise ConfigError(f"input={inputs}: no image to predict")
+    maps = cam_maps(predictor, sources, cam, batch_size, num_workers)
     out.mkdir(parents=True, exist_ok=True)
     root, names, task = input_root(str(inputs)), predictor.class_names, predictor.task
     log.info("predicting %d image(s) with %s on %s", len(sources), shown(predictor.checkpoint),
              predictor.device)
     with (out / "predictions.csv").open("w", newline="") as f:
         rows = csv.writer(f)
-        rows.writerow(["path", *task.prediction_header(names)])
+        rows.writerow(["path", *task.prediction_header(names), *(["cam_peak"] if maps else [])])
         for i, probs, size in predictor.predicted(sources, batch_size, num_workers, tta):
             source = sources[i]
             prediction = predictor.result(str(source), probs, size)
             cells = task.write_prediction(prediction, source, source.relative_to(root), out,
                                           names, overlays)
+            if maps:
+                cells.append(write_cam(next(maps), source, out / "cam" / source.relative_to(root)))
             rows.writerow([source, *cells])
-    return {"images": len(sources), "unusable": len(bad), "files": task.prediction_files(out)}
+    files = task.prediction_files(out) + ([("cam", out / "cam")] if maps else [])
+    return {"images": len(sources), "unusable": len(bad), "files": files}
+
+
+def cam_maps(predictor, sources: list[Path], cam, batch_size: int, num_workers: int):
+    """Each source's map in order (the predicted class's), or None without a cam method."""
+    if cam is None or cam.method is None:
+        return None
+    from transferlab.explain import check_stage
+
+    check_stage(predictor.module.backbone, cam.stage)  # before predictions.csv is begun
+    found = predictor.explained(sources, cam.method, cam.stage, None, batch_size, num_workers)
+    return (m for _, m in found)
+
+
+def write_cam(cam, source: Path, relative_out: Path) -> str:
+    """`cam` over the image as <out>/cam/<relative path>.png; the map's peak as "x,y" pixels."""
+    from transferlab.data.images import load_rgb
+    from transferlab.explain import peak, write_overlay
+
+    write_overlay(relative_out.with_suffix(".png"), load_rgb(source), cam)
+    x, y = peak(cam)
+    return f"{x},{y}"

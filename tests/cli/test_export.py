@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from tests.support.cli import console, run_cli
 
 from transferlab.data.classification import resize_side
@@ -71,7 +72,7 @@ def val_images(run: Path) -> Path:
 def onnx_classification(tamed, classification_run, tmp_path_factory) -> dict:
     run, checkpoint = tamed
     return export(run, "onnx", checkpoint=str(checkpoint), out=tmp_path_factory.mktemp("onnx_c"),
-                  check_images=str(val_images(classification_run)), check_count=3)
+                  check_images=str(val_images(classification_run)), check_count=3, preprocess="inside")
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +211,58 @@ def test_exporter_failure_is_one_message(monkeypatch, tamed, tmp_path):
     monkeypatch.setattr(torch.onnx, "export", refuse)
     with pytest.raises(ExportError, match=r"ONNX exporter failed.*aten::frobnicate \(format=torchscript"):
         export(tamed[0], "onnx", checkpoint=str(tamed[1]), out=tmp_path)
+
+
+# -- a client that knows only preprocess.json -----------------------------------------------------
+
+
+def client_input(image: Image.Image, notes: dict) -> np.ndarray:
+    """preprocess.json's steps, read by someone who never saw torchvision: Pillow and numpy only."""
+    image = image.convert("RGB")
+    resize = notes["resize"]
+    shorter, (crop_h, crop_w) = resize["shorter_side"], resize["center_crop"]
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(shorter * long / short)  # "the integer part, not rounded"
+    new_w, new_h = (shorter, new_long) if width <= height else (new_long, shorter)
+    image = image.resize((new_w, new_h), resample=Image.BILINEAR)
+    top, left = round((new_h - crop_h) / 2), round((new_w - crop_w) / 2)  # halves to even
+    pixels = np.asarray(image, dtype=np.float32)[top:top + crop_h, left:left + crop_w]
+    pixels = (pixels / 255 - np.asarray(notes["mean"], np.float32)) / np.asarray(notes["std"], np.float32)
+    return pixels.transpose(2, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [(97, 61), (61, 97), (333, 250), (250, 333), (80, 80), (101, 64)])
+def test_a_client_following_preprocess_json_matches_transferlab_predict(onnx_classification, tamed,
+                                                                        tmp_path, size):
+    """Odd sizes and aspect ratios, both orientations: a crop offset that rounds, a longer side
+    that truncates. The same probabilities as transferlab's own predictions, to 1e-5."""
+    import onnxruntime
+
+    run, checkpoint = tamed
+    notes = json.loads(onnx_classification["preprocess"].read_text())
+    g = np.random.default_rng(size[0] * 1000 + size[1])
+    image = Image.fromarray(g.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    (file := tmp_path / "odd.png").parent.mkdir(exist_ok=True)
+    image.save(file)
+    expected = load(run, str(checkpoint), "cpu").predict(str(file))[0].probabilities
+    session = onnxruntime.InferenceSession(str(onnx_classification["model"]), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": client_input(image, notes)[None]})[0][0]
+    np.testing.assert_allclose(got, list(expected.values()), atol=1e-5)
+    raw = onnxruntime.InferenceSession(str(onnx_classification["raw_model"]), providers=["CPUExecutionProvider"])
+    got_raw = raw.run(None, {"images": np.asarray(image)[None]})[0][0]
+    np.testing.assert_allclose(got_raw, list(expected.values()), atol=onnx_classification["raw_tolerance"])
+
+
+def test_the_test_vector_checks_a_client(onnx_classification):
+    import onnxruntime
+
+    notes = json.loads(onnx_classification["preprocess"].read_text())
+    vector = notes["test_vector"]
+    x = client_input(Image.open(onnx_classification["preprocess"].parent / vector["image"]), notes)
+    assert list(x.shape) == vector["input"]["shape"]
+    assert float(x.astype(np.float64).sum()) == pytest.approx(vector["input"]["sum"], abs=1e-3)
+    np.testing.assert_allclose(x.flatten()[:8], vector["input"]["first"], atol=1e-5)
+    session = onnxruntime.InferenceSession(str(onnx_classification["model"]), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": x[None]})[0].flatten(),
+                               vector["output"]["values"], atol=1e-5)

@@ -504,7 +504,7 @@ def test_top_rows_whose_interval_includes_zero_are_tied(tmp_path):
     md = build_report(sweep, plots=False).markdown
     assert "Winner" not in md
     tied = next(l for l in md.splitlines() if l.startswith("**Tied at this n**"))
-    assert "freeze=full, freeze=partial." in tied and "feature_extraction" not in tied.split(".")[0]
+    assert "freeze=full; freeze=partial." in tied and "feature_extraction" not in tied.split(".")[0]
 
 
 def test_baseline_is_chosen_on_the_command_line(tmp_path, capsys):

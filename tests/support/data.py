@@ -90,3 +90,36 @@ def make_gratings(root: Path, classes: list[str], train: int, val: int, seed: in
             for i in range(n):
                 grating_image(rng, GRATINGS[cls]).save(folder / f"{i}.png")
     return root
+
+
+def patch_image(rng: np.random.Generator, colour: tuple, size: int = 64) -> Image.Image:
+    """A square of `colour` somewhere in the top-left quadrant, the only evidence of the class:
+    the other three quadrants hold red and blue squares too, of either colour at random, and
+    clutter of other colours lies everywhere."""
+    img = rng.normal(120, 20, (size, size, 3))
+    for _ in range(rng.integers(6, 10)):
+        x0, y0 = rng.integers(0, size, 2)
+        w, h = rng.integers(size // 10, size // 3, 2)
+        img[y0:y0 + h, x0:x0 + w] = rng.choice([(40, 160, 40), (200, 200, 60), (90, 90, 90), (230, 230, 230)])
+    half = size // 2
+    for (qx, qy), square in zip(((0, 0), (1, 0), (0, 1), (1, 1)),
+                                (colour, *(rng.choice([RED, BLUE]) for _ in range(3)))):
+        side = rng.integers(size // 8, size // 5)
+        x0, y0 = rng.integers(2, half - side, 2)
+        img[qy * half + y0:qy * half + y0 + side, qx * half + x0:qx * half + x0 + side] = square
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+RED, BLUE = (230, 20, 20), (20, 20, 230)
+
+
+def make_patch_folder(root: Path, train: int, val: int, seed: int = 0, size: int = 64) -> Path:
+    """Two classes told apart by a red or a blue square in the top-left quadrant (patch_image)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for cls, colour in (("red", RED), ("blue", BLUE)):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                patch_image(rng, colour, size).save(folder / f"{i}.png")
+    return root

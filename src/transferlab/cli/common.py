@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,7 +68,12 @@ def user_errors(mode: RunMode = RunMode.RUN,
     """Inside the block, a user error (or one of `also`) is logged as one line and `stop`s."""
     try:
         yield
-    except (*USER_ERRORS, *also) as err:
+    except (*USER_ERRORS, *also, InstantiationException) as raised:
+        # A config's constructor that refuses its arguments: Hydra wraps the refusal, whose own
+        # message is the story.
+        err = raised.__cause__ if isinstance(raised, InstantiationException) else raised
+        if not isinstance(err, (*USER_ERRORS, *also)):
+            raise
         log.error("%s", err)
         log.debug("where it failed", exc_info=err)
         stop(err, mode, also)

@@ -31,11 +31,13 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     with user_errors():
         finished_run(cfg)
+        from hydra.utils import instantiate
+
         from transferlab.devices import resolve
         from transferlab.evaluate import evaluate
 
         result = evaluate(cfg.run, str(cfg.split), str(cfg.checkpoint), cfg.out, resolve(cfg.device),
-                          cfg.batch_size, cfg.num_workers, cfg.on_bad_file)
+                          cfg.batch_size, cfg.num_workers, cfg.on_bad_file, instantiate(cfg.cam))
     log.info("%s", closing("evaluation finished", outcome(result, time.perf_counter() - start)))
 
 

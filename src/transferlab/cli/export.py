@@ -20,6 +20,9 @@ def outcome(done: dict) -> list[tuple[str, str]]:
         ("checked on", done["checked_on"]),
         *((f"  {label}", f"max abs diff {d:.2e}") for label, d in done["diffs"]),
         ("max diff", f"{done['max_abs_diff']:.2e} <= tolerance {done['tolerance']:g}: matches PyTorch"),
+        *([("raw model", f"{shown(done['raw_model'])}: uint8 NHWC images, max diff "
+                         f"{done['raw_max_abs_diff']:.2e} <= {done['raw_tolerance']:g}")]
+          if "raw_model" in done else []),
     ]
 
 
@@ -31,7 +34,7 @@ def main(cfg: DictConfig) -> None:
     with user_errors(also=(ExportError,)):
         finished_run(cfg)
         done = export(cfg.run, cfg.format, cfg.checkpoint, cfg.out, cfg.opset, cfg.tolerance,
-                      check_images, cfg.check_count)
+                      check_images, cfg.check_count, cfg.preprocess, cfg.raw_tolerance)
     log.info("%s", closing("exported", outcome(done)))
 
 

@@ -21,12 +21,15 @@ def main(cfg: DictConfig) -> None:
         run_dir = finished_run(cfg)
         if OmegaConf.is_missing(cfg, "input"):
             raise ConfigError("input=<image, folder or glob> is missing: the images to predict")
+        from hydra.utils import instantiate
+
         from transferlab.devices import resolve
         from transferlab.predict import predict_files
 
         out = Path(cfg.out or run_dir / "predict" / time.strftime("%Y-%m-%d_%H-%M-%S"))
         done = predict_files(cfg.run, cfg.input, out, cfg.checkpoint, resolve(cfg.device),
-                             cfg.batch_size, cfg.num_workers, cfg.tta, cfg.on_bad_file, cfg.overlays)
+                             cfg.batch_size, cfg.num_workers, cfg.tta, cfg.on_bad_file, cfg.overlays,
+                             instantiate(cfg.cam))
     lines = [("out", shown(out)), ("images", str(done["images"])),
              ("predictions", shown(out / "predictions.csv"))]
     lines += [(name, shown(folder)) for name, folder in done["files"]]

@@ -104,16 +104,17 @@ class ImageFolderDataModule(SeededLoaders):
         found = self.find_files()
         # One decoding pass over every split, so one run reports every bad file.
         every_file = [p for by_class in found.values() for files in by_class.values() for p in files]
-        self.bad_files = find_bad_files(every_file, self.on_bad_file)
-        bad = {p for p, _ in self.bad_files}
-        found = {split: {cls: [p for p in files if p not in bad] for cls, files in by_class.items()}
-                 for split, by_class in found.items()}
-        for cls, files in found["train"].items():
-            if not files:
-                raise DataError(f"class folder {self.class_dir / cls} has no usable images")
-        if len(found) > 1:
-            identical_files({split: [p for files in by_class.values() for p in files]
-                             for split, by_class in found.items()})
+        with self.scanning() as scan:
+            self.bad_files = find_bad_files(every_file, self.on_bad_file, scan=scan)
+            bad = {p for p, _ in self.bad_files}
+            found = {split: {cls: [p for p in files if p not in bad] for cls, files in by_class.items()}
+                     for split, by_class in found.items()}
+            for cls, files in found["train"].items():
+                if not files:
+                    raise DataError(f"class folder {self.class_dir / cls} has no usable images")
+            if len(found) > 1:
+                identical_files({split: [p for files in by_class.values() for p in files]
+                                 for split, by_class in found.items()}, scan)
         split = self.make_split({
             name: [Item(p.relative_to(self.root).as_posix(), cls) for cls, files in by_class.items()
                    for p in files]

@@ -65,13 +65,18 @@ def check_policy(on_bad_file: str) -> None:
 
 
 def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8,
-                   known: list[tuple[Path, str]] = ()) -> list[tuple[Path, str]]:
+                   known: list[tuple[Path, str]] = (), scan=None) -> list[tuple[Path, str]]:
     """Decode all `files` in one pass and apply the bad-file policy to those that fail, together
     with any `known` bad ones (e.g. files that are no images): raise a BadFilesError listing
-    every one, or log them and return them, as (path, reason), for the caller to leave out."""
+    every one, or log them and return them, as (path, reason), for the caller to leave out.
+    `scan` (a `transferlab.data.scan.ScanCache`): files unchanged since an earlier run are not
+    decoded again."""
     check_policy(on_bad_file)
-    with ThreadPoolExecutor(workers) as pool:
-        problems = list(pool.map(decode_problem, files))
+    if scan is not None:
+        problems = scan.lookup(files, 2, decode_problem, workers)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            problems = list(pool.map(decode_problem, files))
     bad = [*known, *((f, why) for f, why in zip(files, problems) if why)]
     if not bad:
         return []

@@ -8,6 +8,7 @@ uninterrupted run sees, whatever the number of DataLoader workers.
 import logging
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferlab.data.augment import Basic
 from transferlab.data.mixing import NoMixing
+from transferlab.data.scan import ScanCache
 from transferlab.data.images import check_policy
 from transferlab.data.splits import SPLITS, Item, SplitSettings, describe, record, split_files
 from transferlab.errors import ConfigError
@@ -158,6 +160,7 @@ class SeededLoaders(L.LightningDataModule):
         group_by: str | None = None,
         manifest: str | None = None,
         folders: dict[str, str | None] | None = None,
+        scan_cache: str | None = None,
     ):
         super().__init__()
         check_policy(on_bad_file)
@@ -165,6 +168,7 @@ class SeededLoaders(L.LightningDataModule):
         self.split_settings.check()  # before any file is read
         self.root = Path(root).expanduser()
         self.folders = split_folders(folders)
+        self.scan_cache = Path(scan_cache).expanduser() if scan_cache else None
         self.image_size = image_size
         self.batch_size = batch_size
         bad = []
@@ -225,6 +229,17 @@ class SeededLoaders(L.LightningDataModule):
         self.served = datasets
         self.served_val_batch_size = val_batch_size
 
+    @contextmanager
+    def scanning(self):
+        """The record of earlier runs' decode checks and digests (`data.scan_cache`; None when
+        off), saved when the block ends, also when it raises (what was scanned stays known)."""
+        scan = ScanCache(self.root, self.scan_cache) if self.scan_cache else None
+        try:
+            yield scan
+        finally:
+            if scan is not None:
+                scan.save()
+
     def make_split(self, found: dict[str, list[Item]], layout: str) -> dict[str, list[Item]]:
         """Split the `found` items (split folder -> items) and log the class counts per split."""
         self.layout = layout
@@ -242,7 +257,7 @@ class SeededLoaders(L.LightningDataModule):
 
     def _loader(
         self, dataset: Dataset, sampler: Sampler | None = None, batch_size: int | None = None,
-        num_workers: int | None = None,
+        num_workers: int | None = None, drop_last: bool = False,
     ) -> DataLoader:
         workers = self.num_workers if num_workers is None else num_workers
         return DataLoader(
@@ -252,6 +267,7 @@ class SeededLoaders(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.pins_memory,
+            drop_last=drop_last,
         )
 
     @property
@@ -281,7 +297,13 @@ class SeededLoaders(L.LightningDataModule):
 
     def _seeded_loader(self, dataset: Dataset, **kwargs) -> DataLoader:
         sampler = self.train_sampler(len(dataset))
-        return self._loader(SeededSamples(dataset, self.seed), sampler, **kwargs)
+        # A last batch of one image would put BatchNorm in training mode on one value per channel
+        # (torch refuses it where the maps are 1x1, as in DeepLabV3's pooling branch): leave it out.
+        lone = len(dataset) % self.batch_size == 1 and len(dataset) > 1
+        if lone:
+            log.info("the last training batch of each epoch (1 image) is left out: BatchNorm "
+                     "cannot train on one image")
+        return self._loader(SeededSamples(dataset, self.seed), sampler, drop_last=lone, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         if self.served:

@@ -157,15 +157,16 @@ class SegmentationFolderDataModule(SeededLoaders):
             raise DataError(self.unpaired_message(unpaired))
         # One decoding pass over the images and masks of every split, so one run reports them all.
         every_file = [f for pairs, _ in found.values() for pair in pairs for f in pair]
-        self.bad_files = find_bad_files(every_file, self.on_bad_file)
-        bad = {f for f, _ in self.bad_files}
-        usable = {
-            split: [(i, m) for i, m in pairs if i not in bad and m not in bad]
-            for split, (pairs, _) in found.items()
-        }
-        check_sizes([pair for pairs in usable.values() for pair in pairs])
-        if len(usable) > 1:
-            identical_files({split: [i for i, _ in pairs] for split, pairs in usable.items()})
+        with self.scanning() as scan:
+            self.bad_files = find_bad_files(every_file, self.on_bad_file, scan=scan)
+            bad = {f for f, _ in self.bad_files}
+            usable = {
+                split: [(i, m) for i, m in pairs if i not in bad and m not in bad]
+                for split, (pairs, _) in found.items()
+            }
+            check_sizes([pair for pairs in usable.values() for pair in pairs])
+            if len(usable) > 1:
+                identical_files({split: [i for i, _ in pairs] for split, pairs in usable.items()}, scan)
         mask_of = {i: m for pairs in usable.values() for i, m in pairs}
         split = self.make_split(
             {name: [Item(i.relative_to(self.root).as_posix()) for i, _ in pairs]

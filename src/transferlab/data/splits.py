@@ -250,28 +250,34 @@ def check_groups_apart(split: dict[str, list[Item]], group_by: str | None) -> No
         )
 
 
-def identical_files(folders: dict[str, list[Path]]) -> list[str]:
+def identical_files(folders: dict[str, list[Path]], scan=None) -> list[str]:
     """Explicit split folders must not share a file: one file linked into two folders (symlink or
     hard link) is an error naming every such file. The same bytes under two names is logged and
-    returned, not refused: small sets hold blank or repeated images on purpose."""
+    returned, not refused: small sets hold blank or repeated images on purpose. `scan` (a
+    `transferlab.data.scan.ScanCache`): the digests of files unchanged since an earlier run."""
+    every = [(split, path) for split, files in folders.items() for path in files]
+    paths = [path for _, path in every]
+    digests = (scan.lookup(paths, 3, _sha1) if scan is not None else [_sha1(p) for p in paths])
     first: dict[object, tuple[str, Path]] = {}
     linked, copies = [], []
-    for split, files in folders.items():
-        for path in files:
-            stat = path.stat()
-            for key, found in (((stat.st_dev, stat.st_ino), linked),
-                               (hashlib.sha1(path.read_bytes()).digest(), copies)):
-                if key in first and first[key][0] != split:
-                    found.append(f"{path} ({split}) = {first[key][1]} ({first[key][0]})")
-                first.setdefault(key, (split, path))
+    for (split, path), content in zip(every, digests):
+        stat = path.stat()
+        for key, found in (((stat.st_dev, stat.st_ino), linked), (content, copies)):
+            if key in first and first[key][0] != split:
+                found.append(f"{path} ({split}) = {first[key][1]} ({first[key][0]})")
+            first.setdefault(key, (split, path))
     if linked:
         raise DataError(f"{len(linked)} file(s) are in more than one split folder (the same file, "
                         "linked), so the explicit splits overlap; keep each in one:\n  "
                         + first_few(linked))
     if copies:
         log.info("%d file(s) in one split folder have the same bytes as a file in another; "
-                    "scores on them are not held out:\n  %s", len(copies), first_few(copies))
+                 "scores on them are not held out:\n  %s", len(copies), first_few(copies))
     return copies
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def read_groups(manifest: Path, column: str, ids: Iterable[str]) -> dict[str, str]:

@@ -33,11 +33,14 @@ def select(rows: list[Row], keys: tuple[str, ...], mode: str) -> list[Row]:
         if row.best_mean is not None:
             groups[tuple(row.setting(k) for k in keys)].append(row)
     sign = -1 if mode == "max" else 1
+    # What every job shares (the experiment, a source's path) is no part of a selected setting.
+    names = {k for row in rows for k in row.settings}
+    varying = {k for k in names if len({row.settings.get(k) for row in rows}) > 1}
     chosen = []
     for values, candidates in groups.items():
         best = min(candidates, key=lambda r: (sign * r.best_mean, r.configuration))
         compared = dict(zip(keys, values))
-        tuning = {k: v for k, v in best.settings.items() if k not in keys}
+        tuning = {k: v for k, v in best.settings.items() if k not in keys and k in varying}
         chosen.append(dataclasses.replace(
             best, configuration=_name(compared), settings=compared, selected=_name(tuning) or "-",
             candidates=len(candidates), is_baseline=False, baseline=None, diff=None,

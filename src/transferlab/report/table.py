@@ -165,7 +165,7 @@ def compare_with_top(rows: list[Row], kind: str, monitor: str, mode: str) -> str
         return (f"**Winner: {top.configuration}** on {what}: its paired {CONFIDENCE:.0%} interval "
                 f"excludes every other row (vs the runner-up {done[1].configuration}: "
                 f"{runner.mean:+.4f} [{runner.low:+.4f}, {runner.high:+.4f}], n={runner.n}).")
-    names = ", ".join(r.configuration for r in [top, *tied])
+    names = "; ".join(r.configuration for r in [top, *tied])
     details = "; ".join(f"{r.configuration}: {_interval(r.vs_top)}" for r in tied)
     return (f"**Tied at this n** on {what}: {names}. The top row's paired difference to each "
             f"({CONFIDENCE:.0%} interval) includes zero or has too few matched runs: {details}.")

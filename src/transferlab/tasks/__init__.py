@@ -40,6 +40,9 @@ def get(name: str) -> Task:
     return _REGISTRY[name]
 
 
+HELPERS = ("base", "raw")  # modules of this package that are not tasks
+
+
 def names() -> list[str]:
-    built_in = [m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"]
+    built_in = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in HELPERS]
     return sorted(set(built_in) | set(_REGISTRY))

@@ -33,6 +33,7 @@ class EvalInputs:
     batch_size: int = 16
     num_workers: int = 2
     on_bad_file: str = "warn"
+    cam: Any = None  # transferlab.explain.CamSettings: maps beside the worst images, if a method
 
 
 class Task:
@@ -41,6 +42,7 @@ class Task:
     name: str  # the LightningModule's `task`; what a checkpoint's preprocessing record names
     module: type  # the task's LightningModule (a TransferModule)
     unit = "images"  # what an evaluation counts
+    cam_target: int | None = None  # the class a map is drawn for by default; None: the predicted one
 
     @property
     def dense(self) -> bool:
@@ -54,6 +56,16 @@ class Task:
 
     def describe_resize(self, preprocess: dict) -> dict:
         """The eval transform's resize and crop, for preprocess.json: rule in words and numbers."""
+        raise NotImplementedError
+
+    def raw_preprocess(self, preprocess: dict):
+        """The eval transform as a torch module on uint8 NHWC images (`transferlab.tasks.raw`),
+        for an exported model that takes raw images."""
+        raise NotImplementedError
+
+    def cam_on_image(self, cam, size: list[int], preprocess: dict):
+        """A class activation map of the model's input (its height x width) where it lies on the
+        original image of `size` (height, width); zero where the input saw nothing of it."""
         raise NotImplementedError
 
     def image_folder(self, split_dir: Path) -> Path:

@@ -15,7 +15,7 @@ from transferlab.console import shown
 from transferlab.data import classification as data
 from transferlab.errors import DataError
 from transferlab.modules.classification import ClassificationModule
-from transferlab.tasks import register
+from transferlab.tasks import raw, register
 from transferlab.tasks.base import (
     EvalInputs,
     Evaluation,
@@ -53,8 +53,28 @@ class Classification(Task):
             "rule": f"resize so that the shorter side is {shorter} px (round({size} * 256 / 224)), "
                     f"keeping the aspect ratio; then crop the central {size}x{size}",
             "shorter_side": shorter,
+            "longer_side": f"floor({shorter} * longer / shorter) of the image's own sides: the "
+                           "integer part, not rounded",
             "center_crop": [size, size],
+            "crop_offsets": f"top = round((resized height - {size}) / 2), left = round((resized "
+                            f"width - {size}) / 2), halves rounded to the even integer",
         }
+
+    def cam_on_image(self, cam, size, preprocess):
+        """The crop's map pasted where the crop lies on the image, resized to the image's size."""
+        height, width = size
+        crop = int(preprocess["image_size"])
+        shorter = data.resize_side(crop)
+        new_h, new_w = (shorter * height) // min(size), (shorter * width) // min(size)
+        top, left = round((new_h - crop) / 2), round((new_w - crop) / 2)
+        canvas = torch.zeros(1, 1, new_h, new_w)
+        canvas[0, 0, top:top + crop, left:left + crop] = torch.as_tensor(cam, dtype=torch.float32)
+        return torch.nn.functional.interpolate(canvas, size=(height, width), mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+
+    def raw_preprocess(self, preprocess):
+        size = int(preprocess["image_size"])
+        return raw.ShorterSideThenCentre(data.resize_side(size), size, preprocess["mean"], preprocess["std"])
 
     def prediction(self, source, probs, size, class_names):
         return ClassPrediction(source, class_names[int(probs.argmax())],
@@ -88,8 +108,9 @@ class Classification(Task):
         write_confusion_matrix(out, confmat, matrix, names,
                                f"{shown(folder)}: {len(samples)} images, {predictor.checkpoint.name}")
         write_predictions(out / "predictions.csv", sources, target, probs, names)
-        plot_top_losses(out / "top_losses.png", top_losses(sources, folder, target, probs, names),
-                        int((probs.argmax(1) != target).sum()), len(samples))
+        wrong = top_losses(sources, folder, target, probs, names)
+        plot_top_losses(out / "top_losses.png", wrong, int((probs.argmax(1) != target).sum()),
+                        len(samples), wrong_class_maps(predictor, wrong, inputs.cam))
         return Evaluation(self.name, out, folder, predictor.checkpoint, len(samples),
                           len(files) - len(samples), metrics)
 
@@ -191,9 +212,22 @@ def write_confusion_matrix(out: Path, confmat, matrix, names: list[str], title: 
     plt.close(fig)
 
 
-def plot_top_losses(path: Path, wrong: list[tuple], n_wrong: int, n_images: int) -> None:
+def wrong_class_maps(predictor, wrong: list[tuple], cam) -> list | None:
+    """Where the model looked for the class it wrongly predicted, per top loss; None without a
+    cam method."""
+    if cam is None or cam.method is None or not wrong:
+        return None
+    names = predictor.class_names
+    files = [file for _, file, *_ in wrong]
+    targets = [names.index(pred) for *_, pred, _ in wrong]
+    return [m for _, m in predictor.explained(files, cam.method, cam.stage, targets)]
+
+
+def plot_top_losses(path: Path, wrong: list[tuple], n_wrong: int, n_images: int,
+                    cams: list | None = None) -> None:
     """The most confidently wrong images, each titled with its true and predicted class and their
-    probabilities; `wrong` as `top_losses` gives it."""
+    probabilities; `wrong` as `top_losses` gives it. With `cams`, each image's map for the
+    predicted class is drawn beside it."""
     from transferlab.data.images import load_rgb
 
     plt = pyplot()
@@ -204,17 +238,26 @@ def plot_top_losses(path: Path, wrong: list[tuple], n_wrong: int, n_images: int)
                 ha="center", va="center", fontsize=14)
         fig.tight_layout()
     else:
+        per = 1 if cams is None else 2  # panels per image: the image, then its map
         cols = min(3, len(wrong))
         rows = math.ceil(len(wrong) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.9 * rows + 0.5), squeeze=False)
+        fig, axes = plt.subplots(rows, cols * per, figsize=(3.4 * cols * per, 3.9 * rows + 0.5),
+                                 squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
-        for ax, (name, file, true, p_true, pred, p_pred) in zip(axes.flat, wrong):
-            image = load_rgb(file)
+        for k, (name, file, true, p_true, pred, p_pred) in enumerate(wrong):
+            image, row, col = load_rgb(file), k // cols, (k % cols) * per
+            if cams is not None:
+                from transferlab.explain import overlay
+
+                drawn = overlay(image, cams[k])
+                drawn.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+                axes[row, col + 1].imshow(drawn)
+                axes[row, col + 1].set_title(f"where it saw {pred}", fontsize=10)
             image.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
-            ax.imshow(image)
-            ax.set_title(f"{short(str(name))}\ntrue {true} ({p_true:.2f})\npred {pred} ({p_pred:.2f})",
-                         fontsize=10)
+            axes[row, col].imshow(image)
+            axes[row, col].set_title(f"{short(str(name))}\ntrue {true} ({p_true:.2f})\n"
+                                     f"pred {pred} ({p_pred:.2f})", fontsize=10)
         fig.suptitle(f"Most confidently wrong: {len(wrong)} of {n_wrong} wrong, {n_images} images\n"
                      "(class and its probability)", fontsize=11)
         fig.tight_layout(h_pad=1.5)

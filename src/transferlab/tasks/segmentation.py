@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from transferlab.data import segmentation as data
 from transferlab.errors import ConfigError, DataError
 from transferlab.modules.segmentation import OVERLAY_COLORS, SegmentationModule, overlay, present
-from transferlab.tasks import register
+from transferlab.tasks import raw, register
 from transferlab.tasks.base import (
     EvalInputs,
     Evaluation,
@@ -44,6 +44,7 @@ class Segmentation(Task):
     name = SegmentationModule.task
     module = SegmentationModule
     unit = "image-mask pairs"
+    cam_target = 1  # the first class after the background: the mean over pixels favours the background
 
     def eval_transform(self, preprocess):
         return data.eval_transform(preprocess["image_size"], preprocess["mean"], preprocess["std"])
@@ -53,6 +54,14 @@ class Segmentation(Task):
         return {"rule": f"resize the whole image to {size}x{size} (height x width), ignoring its "
                         "aspect ratio; no crop",
                 "size": [size, size]}
+
+    def cam_on_image(self, cam, size, preprocess):
+        """The squashed image's map, stretched back to the image's own height and width."""
+        full = torch.as_tensor(cam, dtype=torch.float32)[None, None]
+        return F.interpolate(full, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    def raw_preprocess(self, preprocess):
+        return raw.Squash(int(preprocess["image_size"]), preprocess["mean"], preprocess["std"])
 
     def image_folder(self, split_dir):
         return split_dir / "images"

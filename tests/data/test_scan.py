@@ -1,0 +1,58 @@
+"""The scan of a dataset's files is remembered: a second run decodes and hashes nothing unchanged,
+an edited file is scanned again, a bad file stays bad, a damaged record is scanned afresh."""
+
+import pytest
+
+from tests.support.data import make_image_folder, write_image
+from transferlab.data import images, splits
+from transferlab.data.classification import ImageFolderDataModule
+from transferlab.errors import BadFilesError
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = {"decoded": 0, "hashed": 0}
+
+    def decode(path, real=images.decode_problem):
+        calls["decoded"] += 1
+        return real(path)
+
+    def digest(path, real=splits._sha1):
+        calls["hashed"] += 1
+        return real(path)
+
+    monkeypatch.setattr(images, "decode_problem", decode)
+    monkeypatch.setattr(splits, "_sha1", digest)
+    return calls
+
+
+def setup(root, cache, **kw):
+    data = ImageFolderDataModule(str(root), image_size=32, num_workers=0, scan_cache=str(cache), **kw)
+    data.setup("fit")
+    return data
+
+
+def test_a_second_run_reads_no_unchanged_file(tmp_path, counted):
+    root = make_image_folder(tmp_path / "data")  # 12 train + 6 val images
+    setup(root, tmp_path / "cache")
+    assert counted == {"decoded": 18, "hashed": 18}
+    setup(root, tmp_path / "cache")
+    assert counted == {"decoded": 18, "hashed": 18}, "the second run scanned again"
+    write_image(root / "train" / "cats" / "0.png", color=(1, 2, 3))  # edited: size or mtime moves
+    (root / "train" / "cats" / "0.png").touch()
+    data = setup(root, tmp_path / "cache")
+    assert counted == {"decoded": 19, "hashed": 19} and len(data.train_set) == 12
+
+
+def test_a_bad_file_stays_bad_and_a_damaged_record_is_scanned_afresh(tmp_path, counted):
+    root = make_image_folder(tmp_path / "data")
+    (root / "train" / "dogs" / "broken.png").write_bytes(b"not a png")
+    for _ in range(2):
+        with pytest.raises(BadFilesError, match="broken.png"):
+            setup(root, tmp_path / "cache")
+    assert counted["decoded"] == 19
+    (record,) = (tmp_path / "cache").glob("scan-*.json")
+    record.write_text(record.read_text()[:40])  # cut short
+    with pytest.raises(BadFilesError, match="broken.png"):
+        setup(root, tmp_path / "cache")
+    assert counted["decoded"] == 38

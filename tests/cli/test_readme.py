@@ -25,7 +25,9 @@ from transferlab.config import config_dir
 pytestmark = pytest.mark.cli  # runs the installed commands, as a user would
 
 README = Path(__file__).parents[2] / "README.md"
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+SHORT = ["trainer.max_epochs=2",  # 2: experiments with a warmup epoch need one more
+         "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1",
          "data.image_size=32", "data.num_workers=0", "callbacks.progress_bar.refresh_rate=0"]
 # What the README's pretrained commands load: the ResNet-18 sweeps, the VGG16-bn U-Net encoder.
 PRETRAINED = ("resnet18", "vgg16_bn")

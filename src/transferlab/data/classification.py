@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from transferlab.data.augment import Basic
 from transferlab.data.download import ensure_dataset
-from transferlab.data.images import find_bad_files, is_image_name, load_rgb
+from transferlab.data.images import files_under, find_bad_files, is_image_name, load_rgb
 from transferlab.data.sampling import ClassBalanced, EpochSampler, SeededLoaders
 from transferlab.data.splits import Item, identical_files
 from transferlab.errors import ConfigError, DataError
@@ -178,7 +178,7 @@ class ImageFolderDataModule(SeededLoaders):
         for cls in class_folders(split_dir):
             if cls in skip:
                 continue
-            files = sorted(p for p in (split_dir / cls).rglob("*") if p.is_file())
+            files = files_under(split_dir / cls)
             by_class[cls] = [p for p in files if is_image_name(p)]
             ignored += [p for p in files if not is_image_name(p) and not p.name.startswith(".")]
         if ignored:

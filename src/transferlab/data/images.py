@@ -9,6 +9,7 @@ skips them with one line naming them. The caller writes the full list to `bad_fi
 """
 
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,21 @@ T = TypeVar("T")
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder` (symlinks to files too, not into linked folders, as
+    `Path.rglob`), in `sorted(Path)`'s order. os.scandir's entry types spare a stat per file:
+    60,000 files list in a fraction of a second instead of seconds."""
+    found, todo = [], [os.fspath(folder)]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -19,11 +19,15 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when an entry's meaning changes: older records are then ignored
+SLOTS = {2: "decoded", 3: "hashed"}  # an entry's computed values: the decode problem, the sha1
 
 
 class ScanCache:
     def __init__(self, root: Path, folder: Path):
         self.root = Path(root).resolve()
+        # Files are keyed relative to the root as given (absolute), sparing a realpath per file.
+        self.prefix = os.path.join(os.path.abspath(root), "")
+        self.stats: dict[str, os.stat_result] = {}  # path -> its stat, once per run
         name = hashlib.blake2b(str(self.root).encode(), digest_size=8).hexdigest()
         self.path = Path(folder) / f"scan-{name}.json"
         self.entries: dict[str, list] = {}  # relative path -> [size, mtime_ns, problem, sha1]
@@ -35,9 +39,16 @@ class ScanCache:
         except (OSError, ValueError, KeyError):  # none yet, or one cut short: scan afresh
             pass
 
+    def stat(self, path: Path) -> os.stat_result:
+        name = os.fspath(path)
+        if name not in self.stats:
+            self.stats[name] = os.stat(name)
+        return self.stats[name]
+
     def _current(self, path: Path) -> tuple[str, os.stat_result, list | None]:
-        key = os.path.relpath(path.resolve(), self.root)
-        stat = path.stat()
+        name = os.path.abspath(path)
+        key = name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.prefix)
+        stat = self.stat(path)
         entry = self.entries.get(key)
         fresh = entry is not None and entry[:2] == [stat.st_size, stat.st_mtime_ns]
         return key, stat, entry if fresh else None
@@ -59,7 +70,7 @@ class ScanCache:
                 self.changed = True
             results.append(entry[slot])
         if todo:
-            log.info("scanned %d of %d file(s); the other %d unchanged since %s",
+            log.info("%s %d of %d file(s); the other %d unchanged since %s", SLOTS[slot],
                      len(todo), len(files), len(files) - len(todo), self.path)
         return results
 

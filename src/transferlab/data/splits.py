@@ -261,7 +261,7 @@ def identical_files(folders: dict[str, list[Path]], scan=None) -> list[str]:
     first: dict[object, tuple[str, Path]] = {}
     linked, copies = [], []
     for (split, path), content in zip(every, digests):
-        stat = path.stat()
+        stat = scan.stat(path) if scan is not None else path.stat()
         for key, found in (((stat.st_dev, stat.st_ino), linked), (content, copies)):
             if key in first and first[key][0] != split:
                 found.append(f"{path} ({split}) = {first[key][1]} ({first[key][0]})")

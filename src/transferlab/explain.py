@@ -20,12 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.models.backbones import HEAD, Backbone, eval_mode, stage_modules
+
+log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
 MIN_CELLS = 4  # the default stage's map has at least this many cells a side (ResNet at 224: 7)
@@ -164,10 +168,18 @@ def cams(module, x: torch.Tensor, method: str = "gradcam", targets: list[int] | 
             inputs = x.detach().clone().requires_grad_(True)  # frozen weights: grads via the input
             chosen = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
             with make(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-                return cam(input_tensor=inputs, targets=chosen)
+                maps = cam(input_tensor=inputs, targets=chosen)
     finally:
         for p, grad in saved:
             p.grad = grad
+    blank = int((maps.reshape(len(maps), -1).max(1) <= 0).sum())
+    if blank:
+        # Seen on the lung U-Net's deepest encoder stage: its gradient-weighted features are
+        # negative everywhere, so the map is empty; a shallower stage draws one.
+        log.warning("%d of %d class activation map(s) are zero everywhere at stage %s: cam.stage= "
+                    "a shallower stage (%s) draws another", blank, len(maps),
+                    stage or "(default)", ", ".join(check_stage(module.backbone, None)[:-1]))
+    return maps
 
 
 def overlay(image, cam: np.ndarray, alpha: float = 0.5):

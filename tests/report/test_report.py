@@ -529,6 +529,18 @@ def test_baseline_is_chosen_on_the_command_line(tmp_path, capsys):
         main([str(sweep), "--baseline", "init"])
 
 
+def test_a_key_added_with_a_plus_is_compared_by_its_name(tmp_path):
+    """`-m +piece=basic ...`: the rows are piece=..., and --baseline piece=basic finds them."""
+    sweep = tmp_path / "sweep"
+    for num, (piece, best) in enumerate({"basic": 0.6, "ema": 0.7}.items()):
+        for seed in range(2):
+            make_job(sweep, 2 * num + seed, [f"+piece={piece}", f"seed={seed}"], summary(best + seed / 100))
+    assert main([str(sweep), "--baseline", "piece=basic"]) == 0
+    table = read_csv(sweep / "report.csv")
+    assert table["piece=basic"]["is_baseline"] == "1"
+    assert float(table["piece=ema"]["diff_vs_baseline"]) == pytest.approx(0.1)
+
+
 # freeze -> lr -> per-seed (best val, test): feature extraction wants the larger LR, full the
 # smaller; at a common LR of 1e-3 full would win, at its own LR feature extraction does.
 TUNED = {

@@ -37,3 +37,17 @@ def test_a_benchmarks_plain_loop_runs(image_folder, tmp_path, script, args):
     assert done.returncode == 0, done.stderr[-2000:]
     numbers = json.loads(result.read_text())
     assert numbers["wall_s"] > 0 and 0 <= numbers.get("best", numbers.get("val_acc")) <= 1
+
+
+def test_the_sweep_start_measurement_times_both_jobs(image_folder, tmp_path):
+    """bench.py --only sweep on a tiny folder instead of CIFAR-10: both jobs' milestones are
+    found in their logs, the second job's scan comes from the first's record."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS[0].parent / "bench.py"), "--only", "sweep",
+         "--cifar", str(image_folder), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| job ")]
+    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows), done.stdout
+    assert "decoded" not in (tmp_path / "sweep" / "1" / "train.log").read_text()

@@ -77,8 +77,9 @@ def read_job(path: Path) -> Job:
     settings, replicate = {}, dict.fromkeys(REPLICATE_KEYS)
     for item in overrides:
         key, _, value = str(item).partition("=")
-        if key.lstrip("+~") in REPLICATE_KEYS:
-            replicate[key.lstrip("+~")] = value
+        key = key.lstrip("+")  # `+piece=x` (a key the config lacks) is compared as piece=x
+        if key.lstrip("~") in REPLICATE_KEYS:
+            replicate[key.lstrip("~")] = value
         else:
             settings[key] = value
     if not settings:

@@ -50,3 +50,12 @@ def segmentation_run(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _torch_threads():
     torch.set_num_threads(2)
+@pytest.fixture
+def seeded():
+    """torch's global RNG seeded for this test only: the same weights and random draws whatever
+    ran before, and the tests after it see the RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+

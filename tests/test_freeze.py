@@ -1,16 +1,13 @@
 import pytest
-import torch
-from torch import nn
-from torchvision.ops import StochasticDepth
 
-from tests.support.modules import STRATEGY, classifier_module, quiet_trainer, random_loader
+from tests.support.freezing import STRATEGIES, fit_and_check_frozen, no_stochastic_depth
+from tests.support.modules import classifier_module, random_loader
 from transferlab.errors import ConfigError
 from transferlab.freeze import (
     FeatureExtraction,
     FullFineTune,
     GradualUnfreezing,
     PartialFineTune,
-    is_frozen,
 )
 
 # One member of every torchvision family (the smallest), at a small image size that still leaves
@@ -30,82 +27,13 @@ FAMILIES = {
     "timm/efficientnet_b0": (64, {}), "timm/regnetx_002": (64, {"zero_init_last": False}), "timm/vit_tiny_patch16_224": (32, {"img_size": 32}),
     "timm/deit_tiny_patch16_224": (32, {"img_size": 32}),
 }
-GRADUAL = {"_target_": STRATEGY + "GradualUnfreezing", "head_epochs": 1, "unfreeze_every": 1}
-STRATEGIES = {
-    "feature_extraction": ({"_target_": STRATEGY + "FeatureExtraction"}, lambda body: body),
-    "full": ({"_target_": STRATEGY + "FullFineTune", "backbone_lr_mult": 0.1}, lambda body: []),
-    "partial": ({"_target_": STRATEGY + "PartialFineTune", "frozen_stages": 2}, lambda body: body[:2]),
-    # 3 epochs: head only, then the top stage, then the next one.
-    "gradual": (GRADUAL, lambda body: body[:-2]),
-}
-
-
-def tensors(item: nn.Module | nn.Parameter, named_parameters=False):
-    if isinstance(item, nn.Parameter):  # a loose one, such as ViT's class token
-        return [("", item)]
-    return item.named_parameters() if named_parameters else item.state_dict().items()
-
-
-def state(items) -> dict[str, torch.Tensor]:
-    return {f"{i}.{k}": t.detach().clone() for i, item in enumerate(items) for k, t in tensors(item)}
-
-
-def param_keys(items) -> list[str]:
-    return [f"{i}.{k}" for i, item in enumerate(items) for k, _ in tensors(item, True)]
-
-
-@pytest.fixture
-def seeded():
-    """torch's global RNG seeded for this test only: the same weights and random draws whatever
-    ran before, and the tests after it see the RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        yield
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_frozen_means_frozen(family, strategy, seeded):
-    freeze, expect_frozen = STRATEGIES[strategy]
     size, backbone_args = FAMILIES[family]
-    module = classifier_module(family, freeze, backbone_args=backbone_args)
-    # Row-mode stochastic depth (ConvNeXt, EfficientNet) skips a residual branch per image. On
-    # this 2-image batch ConvNeXt's last block (p=0.1) skips both images in 1% of steps; its
-    # zero-initialised biases then get an exactly zero gradient and rightly stay put, which is
-    # the regulariser at work, not a freezing bug. p=0 makes it the identity (modes still count).
-    # float32 is exact enough: weight decay moves every nonzero weight by lr*wd >= 2.5e-7 of its
-    # value (half a float32 ulp is <= 6e-8 of it) and any nonzero gradient moves a zero bias.
-    for m in module.net.modules():
-        if isinstance(m, StochasticDepth):
-            m.p = 0.0
-        if type(m).__name__ == "DropPath":  # timm's
-            m.drop_prob = 0.0
-    names = list(module.stages)
-    frozen_at_end = set(expect_frozen(names[:-1]))
-    before = {n: state(mods) for n, mods in module.stages.items()}
-
-    # Which mode each stage's layers ran in during training steps (Dropout and BN care).
-    modes: dict[str, set[bool]] = {n: set() for n in names}
-    for name, mods in module.stages.items():
-        for sub in (s for m in mods if isinstance(m, nn.Module) for s in m.modules()):
-            sub.register_forward_pre_hook(lambda mod, args, n=name: modes[n].add(mod.training))
-
-    epochs = 3 if strategy == "gradual" else 2
-    loader = random_loader(n=2, size=size, batch_size=2)
-    quiet_trainer(max_epochs=epochs, limit_val_batches=0).fit(module, loader)
-
-    for name, mods in module.stages.items():
-        after = state(mods)
-        if name in frozen_at_end:
-            assert is_frozen(mods)
-            moved = [k for k in after if not torch.equal(before[name][k], after[k])]
-            assert not moved, f"frozen {name}: {moved} changed (weights or BN statistics)"
-            assert modes[name] == {False}, f"frozen {name} ran in training mode"
-        else:
-            keys = param_keys(mods)
-            still = [k for k in keys if torch.equal(before[name][k], after[k])]
-            assert not still, f"trainable {name}: {still} did not change"
-            assert True in modes[name]
+    module = classifier_module(family, STRATEGIES[strategy][0], backbone_args=backbone_args)
+    no_stochastic_depth(module.net)
+    fit_and_check_frozen(module, random_loader(n=2, size=size, batch_size=2), strategy)
 
 
 # The schedules on stage names alone: no network, no Trainer.

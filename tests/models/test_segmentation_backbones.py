@@ -12,13 +12,11 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.ops import StochasticDepth
 
 from tests.support.data import make_mask_folder
 from tests.support.modules import STRATEGY, quiet_trainer
-from tests.test_freeze import STRATEGIES, param_keys, seeded, state  # noqa: F401 (seeded: a fixture)
+from tests.support.freezing import STRATEGIES, fit_and_check_frozen, no_stochastic_depth
 from transferlab.errors import ConfigError
-from transferlab.freeze import is_frozen
 from transferlab.models.backbones import (
     TorchvisionSegmentationBackbone,
     UNetBackbone,
@@ -368,36 +366,11 @@ def test_a_timm_classifier_state_dict_loads_into_its_features_only_encoder(tmp_p
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_frozen_means_frozen(family, strategy, seeded):  # noqa: F811
+def test_frozen_means_frozen(family, strategy, seeded):
     """As tests/test_freeze.py checks every classifier family."""
-    freeze, expect_frozen = STRATEGIES[strategy]
-    seg = module(family, freeze)
-    for m in seg.net.modules():
-        if isinstance(m, StochasticDepth):
-            m.p = 0.0
-    names = list(seg.stages)
-    frozen_at_end = set(expect_frozen(names[:-1]))
-    before = {n: state(mods) for n, mods in seg.stages.items()}
-    modes: dict[str, set[bool]] = {n: set() for n in names}
-    for name, mods in seg.stages.items():
-        for sub in (s for m in mods for s in m.modules()):
-            sub.register_forward_pre_hook(lambda mod, args, n=name: modes[n].add(mod.training))
-
-    epochs = 3 if strategy == "gradual" else 2
-    loader = random_masks(size=TRAIN_SIZE.get(family, 32))
-    quiet_trainer(max_epochs=epochs, limit_val_batches=0).fit(seg, loader)
-
-    for name, mods in seg.stages.items():
-        after = state(mods)
-        if name in frozen_at_end:
-            assert is_frozen(mods)
-            moved = [k for k in after if not torch.equal(before[name][k], after[k])]
-            assert not moved, f"frozen {name}: {moved} changed (weights or BN statistics)"
-            assert modes[name] == {False}, f"frozen {name} ran in training mode"
-        else:
-            still = [k for k in param_keys(mods) if torch.equal(before[name][k], after[k])]
-            assert not still, f"trainable {name}: {still} did not change"
-            assert True in modes[name]
+    seg = module(family, STRATEGIES[strategy][0])
+    no_stochastic_depth(seg.net)
+    fit_and_check_frozen(seg, random_masks(size=TRAIN_SIZE.get(family, 32)), strategy)
 
 
 # -- the feature cache ---------------------------------------------------------------------------

@@ -64,9 +64,7 @@ class Classification(Task):
         """The crop's map pasted where the crop lies on the image, resized to the image's size."""
         height, width = size
         crop = int(preprocess["image_size"])
-        shorter = data.resize_side(crop)
-        new_h, new_w = (shorter * height) // min(size), (shorter * width) // min(size)
-        top, left = round((new_h - crop) / 2), round((new_w - crop) / 2)
+        new_h, new_w, top, left = raw.centre_crop_geometry(height, width, data.resize_side(crop), crop)
         canvas = torch.zeros(1, 1, new_h, new_w)
         canvas[0, 0, top:top + crop, left:left + crop] = torch.as_tensor(cam, dtype=torch.float32)
         return torch.nn.functional.interpolate(canvas, size=(height, width), mode="bilinear",

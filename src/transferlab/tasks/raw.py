@@ -14,6 +14,16 @@ def round_half_even(k):
     return k // 2 + (k % 2) * ((k // 2) % 2)
 
 
+def centre_crop_geometry(height, width, shorter: int, size: int, short=None):
+    """Where the eval transform's crop lies: (resized height, resized width, top, left) for an
+    image of `height` x `width` whose shorter side (`short`, by default min of the two) becomes
+    `shorter`, the longer floor(shorter * longer / short), then cropped to `size` x `size`.
+    Integer arithmetic, so it holds for plain and symbolic (exported) sizes alike."""
+    short = min(height, width) if short is None else short
+    new_h, new_w = (shorter * height) // short, (shorter * width) // short
+    return new_h, new_w, round_half_even(new_h - size), round_half_even(new_w - size)
+
+
 class Normalize(nn.Module):
     def __init__(self, mean, std):
         super().__init__()
@@ -36,10 +46,9 @@ class ShorterSideThenCentre(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()
         height, width = x.shape[2], x.shape[3]
-        short = torch.sym_min(height, width)
-        new_h, new_w = (self.shorter * height) // short, (self.shorter * width) // short
+        new_h, new_w, top, left = centre_crop_geometry(height, width, self.shorter, self.size,
+                                                       torch.sym_min(height, width))
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        top, left = round_half_even(new_h - self.size), round_half_even(new_w - self.size)
         return self.normalize(x[:, :, top:top + self.size, left:left + self.size])
 
 

@@ -112,6 +112,12 @@ def test_a_stage_that_is_not_there_stops_predict_before_it_writes(trained, tmp_p
     assert result.returncode == 1
     assert "cam.stage=layer9 is not a stage below the head" in console(result)
     assert not (tmp_path / "out" / "predictions.csv").exists()
+    result = run_cli("transferlab-predict", f"run={predictor.checkpoint.parents[1]}",
+                     f"input={data / 'val'}", "cam=gradcam", "cam.method=gradcam3",
+                     f"out={tmp_path / 'out'}", cwd=tmp_path)
+    # The refusal comes from the config's constructor, which Hydra wraps: one line, no traceback.
+    assert result.returncode == 1 and "Traceback" not in console(result)
+    assert "cam=gradcam3; choose one of gradcam, gradcam++, eigencam" in console(result)
 
 
 def test_segmentation_maps_are_the_foregrounds_at_each_images_size(segmentation_run):

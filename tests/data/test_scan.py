@@ -56,3 +56,18 @@ def test_a_bad_file_stays_bad_and_a_damaged_record_is_scanned_afresh(tmp_path, c
     with pytest.raises(BadFilesError, match="broken.png"):
         setup(root, tmp_path / "cache")
     assert counted["decoded"] == 38
+
+
+def test_files_under_lists_what_rglob_lists_in_the_same_order(tmp_path):
+    """The scandir walk replaces sorted(rglob + is_file): same files (links to files in, linked
+    folders not entered), same order (Path's part-wise order, not the string's: "a-b" after "a")."""
+    import os
+
+    from transferlab.data.images import files_under
+
+    for name in ("a/x.png", "a-b/x.png", "a/b/y.png", "a.png", ".hidden.png", "z/Ü.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    os.symlink(tmp_path / "a.png", tmp_path / "link.png")
+    os.symlink(tmp_path / "a", tmp_path / "linked_dir")
+    assert files_under(tmp_path) == sorted(p for p in tmp_path.rglob("*") if p.is_file())

@@ -75,6 +75,7 @@ def build_data(cfg: DictConfig, run_dir: Path):
         datamodule.setup("fit")
         return datamodule, datamodule.bad_files
 
+    log.info("data: listing and checking the files under %s", datamodule.root)
     listed(run_dir / "bad_files.txt", setup)
     return datamodule, init
 

@@ -1,28 +1,26 @@
 """The scan of a dataset's files is remembered: a second run decodes and hashes nothing unchanged,
-an edited file is scanned again, a bad file stays bad, a damaged record is scanned afresh."""
+an edited file is scanned again, a bad file stays bad, a damaged record is scanned afresh; each
+file is read once for its decode check and its digest, in processes or threads alike."""
+
+import hashlib
 
 import pytest
 
 from tests.support.data import make_image_folder, write_image
-from transferlab.data import images, splits
+from transferlab.data import images, sampling, scan
 from transferlab.data.classification import ImageFolderDataModule
 from transferlab.errors import BadFilesError
 
 
 @pytest.fixture
 def counted(monkeypatch):
-    calls = {"decoded": 0, "hashed": 0}
+    calls = {"inspected": 0}
 
-    def decode(path, real=images.decode_problem):
-        calls["decoded"] += 1
+    def inspect(path, real=images.inspect_file):
+        calls["inspected"] += 1
         return real(path)
 
-    def digest(path, real=splits._sha1):
-        calls["hashed"] += 1
-        return real(path)
-
-    monkeypatch.setattr(images, "decode_problem", decode)
-    monkeypatch.setattr(splits, "_sha1", digest)
+    monkeypatch.setattr(sampling, "inspect_file", inspect)
     return calls
 
 
@@ -35,13 +33,13 @@ def setup(root, cache, **kw):
 def test_a_second_run_reads_no_unchanged_file(tmp_path, counted):
     root = make_image_folder(tmp_path / "data")  # 12 train + 6 val images
     setup(root, tmp_path / "cache")
-    assert counted == {"decoded": 18, "hashed": 18}
+    assert counted == {"inspected": 18}, "one read per file for the decode check and the digest"
     setup(root, tmp_path / "cache")
-    assert counted == {"decoded": 18, "hashed": 18}, "the second run scanned again"
+    assert counted == {"inspected": 18}, "the second run scanned again"
     write_image(root / "train" / "cats" / "0.png", color=(1, 2, 3))  # edited: size or mtime moves
     (root / "train" / "cats" / "0.png").touch()
     data = setup(root, tmp_path / "cache")
-    assert counted == {"decoded": 19, "hashed": 19} and len(data.train_set) == 12
+    assert counted == {"inspected": 19} and len(data.train_set) == 12
 
 
 def test_a_bad_file_stays_bad_and_a_damaged_record_is_scanned_afresh(tmp_path, counted):
@@ -50,12 +48,12 @@ def test_a_bad_file_stays_bad_and_a_damaged_record_is_scanned_afresh(tmp_path, c
     for _ in range(2):
         with pytest.raises(BadFilesError, match="broken.png"):
             setup(root, tmp_path / "cache")
-    assert counted["decoded"] == 19
+    assert counted["inspected"] == 19
     (record,) = (tmp_path / "cache").glob("scan-*.json")
     record.write_text(record.read_text()[:40])  # cut short
     with pytest.raises(BadFilesError, match="broken.png"):
         setup(root, tmp_path / "cache")
-    assert counted["decoded"] == 38
+    assert counted["inspected"] == 38
 
 
 def test_files_under_lists_what_rglob_lists_in_the_same_order(tmp_path):
@@ -71,3 +69,19 @@ def test_files_under_lists_what_rglob_lists_in_the_same_order(tmp_path):
     os.symlink(tmp_path / "a.png", tmp_path / "link.png")
     os.symlink(tmp_path / "a", tmp_path / "linked_dir")
     assert files_under(tmp_path) == sorted(p for p in tmp_path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("processes_from", [1, 10_000], ids=["processes", "threads"])
+def test_processes_and_threads_find_the_same(tmp_path, monkeypatch, processes_from):
+    """Many files are inspected in forked processes, few in threads; both give each file's
+    problem and digest, in the files' order."""
+    root = make_image_folder(tmp_path / "data")
+    (root / "train" / "dogs" / "broken.png").write_bytes(b"not a png")
+    (root / "train" / "dogs" / "empty.png").write_bytes(b"")
+    files = sorted(root.rglob("*.png"))
+    monkeypatch.setattr(scan, "PROCESSES_FROM", processes_from)
+    monkeypatch.setattr(scan, "cpu_count", lambda: 2)
+    found = scan.map_files(images.inspect_file, files)
+    assert [f.name for f, (problem, _) in zip(files, found) if problem] == ["broken.png", "empty.png"]
+    assert found[files.index(root / "train" / "dogs" / "empty.png")][1] == hashlib.sha1(b"").hexdigest()
+    assert [digest for _, digest in found] == [hashlib.sha1(f.read_bytes()).hexdigest() for f in files]

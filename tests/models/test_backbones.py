@@ -83,6 +83,34 @@ def test_vgg_alexnet_split_at_maxpools_and_keep_4096_layers(name, blocks, convs)
     assert backbone.net.classifier[-1].out_features == 3
 
 
+@pytest.mark.parametrize("name,channels", [("vgg16_bn", 512), ("alexnet", 256)])
+def test_pre_logits_drop_pools_the_conv_features_straight_into_the_head(name, channels):
+    backbone = build_on_meta(name, pre_logits="drop")
+    stages = assert_full_stage_map(backbone)
+    assert "classifier" not in stages and not any(
+        isinstance(m, nn.Linear) for n, items in stages.items() if n != "head" for m in items
+    )
+    assert (backbone.head.in_features, backbone.head.out_features) == (channels, 3)
+    backbone.check_image_size(64)
+
+
+def test_pre_logits_drop_loads_imagenet_weights_but_the_dropped_layers(tmp_path):
+    imagenet = torchvision.models.alexnet(weights=None)
+    torch.save(imagenet.state_dict(), tmp_path / "alexnet.pth")
+    backbone = TorchvisionBackbone("alexnet", 2, pre_logits="drop")
+    Pretrained(weights_path=str(tmp_path / "alexnet.pth"))(backbone)
+    assert torch.equal(backbone.net.features[0].weight, imagenet.features[0].weight)
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("resnet18", "drop", "has no rule for it; VGG and AlexNet have one"),
+    ("vgg16", "yes", "choose keep or drop"),
+])
+def test_pre_logits_refusals_name_the_key(name, value, message):
+    with pytest.raises(ConfigError, match=f"backbone.pre_logits.*{message}"):
+        TorchvisionBackbone(name, 2, pre_logits=value)
+
+
 def test_vit_class_token_and_position_embedding_belong_to_the_stem():
     backbone = build_on_meta("vit_b_16")
     net, stages = backbone.net, backbone.stages()

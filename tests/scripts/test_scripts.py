@@ -49,5 +49,5 @@ def test_the_sweep_start_measurement_times_both_jobs(image_folder, tmp_path):
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| job ")]
-    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows), done.stdout
-    assert "decoded" not in (tmp_path / "sweep" / "1" / "train.log").read_text()
+    assert len(rows) == 3 and all(float(r.split("|")[3]) > 0 for r in rows), done.stdout
+    assert "inspected" not in (tmp_path / "sweep" / "1" / "train.log").read_text()

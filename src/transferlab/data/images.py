@@ -8,10 +8,11 @@ before training with a `BadFilesError` listing them, `warn` skips each with a wa
 skips them with one line naming them. The caller writes the full list to `bad_files.txt`.
 """
 
+import hashlib
+import io
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from transferlab.data.scan import map_files
 from transferlab.errors import BadFilesError, ConfigError, first_few
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,24 @@ def as_rgb(img: Image.Image) -> Image.Image:
 def decode_problem(path: Path) -> str | None:
     """Why `path` cannot be used as an image, or None. Decodes the whole file (at reduced scale
     for JPEGs, which is fast) so truncation is caught here and not inside a DataLoader worker."""
-    if path.stat().st_size == 0:
+    return inspect_file(path)[0]
+
+
+def inspect_file(path: Path) -> tuple[str | None, str]:
+    """`decode_problem(path)` and the SHA-1 of the bytes it decoded ("?" if unreadable), from one
+    read of the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return f"{type(err).__name__}: {err}", "?"
+    return _problem(data), hashlib.sha1(data).hexdigest()
+
+
+def _problem(data: bytes) -> str | None:
+    if not data:
         return "empty file"
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (64, 64))
             img.load()
     except Exception as err:  # PIL raises several unrelated types for broken files
@@ -80,7 +96,7 @@ def check_policy(on_bad_file: str) -> None:
         raise ConfigError(f"on_bad_file={on_bad_file!r}; choose one of {BAD_FILE_POLICIES}")
 
 
-def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8,
+def find_bad_files(files: list[Path], on_bad_file: str,
                    known: list[tuple[Path, str]] = (), scan=None) -> list[tuple[Path, str]]:
     """Decode all `files` in one pass and apply the bad-file policy to those that fail, together
     with any `known` bad ones (e.g. files that are no images): raise a BadFilesError listing
@@ -88,11 +104,7 @@ def find_bad_files(files: list[Path], on_bad_file: str, workers: int = 8,
     `scan` (a `transferlab.data.scan.ScanCache`): files unchanged since an earlier run are not
     decoded again."""
     check_policy(on_bad_file)
-    if scan is not None:
-        problems = scan.lookup(files, 2, decode_problem, workers)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            problems = list(pool.map(decode_problem, files))
+    problems = scan.lookup(files, "problem") if scan is not None else map_files(decode_problem, files)
     bad = [*known, *((f, why) for f, why in zip(files, problems) if why)]
     if not bad:
         return []

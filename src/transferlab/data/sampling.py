@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transferlab.data.augment import Basic
 from transferlab.data.mixing import NoMixing
 from transferlab.data.scan import ScanCache
-from transferlab.data.images import check_policy
+from transferlab.data.images import check_policy, inspect_file
 from transferlab.data.splits import SPLITS, Item, SplitSettings, describe, record, split_files
 from transferlab.errors import ConfigError
 from transferlab.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -233,7 +233,7 @@ class SeededLoaders(L.LightningDataModule):
     def scanning(self):
         """The record of earlier runs' decode checks and digests (`data.scan_cache`; None when
         off), saved when the block ends, also when it raises (what was scanned stays known)."""
-        scan = ScanCache(self.root, self.scan_cache) if self.scan_cache else None
+        scan = ScanCache(self.root, self.scan_cache, inspect_file) if self.scan_cache else None
         try:
             yield scan
         finally:

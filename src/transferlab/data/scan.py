@@ -6,24 +6,54 @@ list and stat them (an edited, added or removed file is scanned again, on its ow
 JSON record per data root from `data.scan_cache` (the feature cache's dir by default). Parallel
 jobs each write the whole record to a temporary file and rename it, so a reader never sees half
 of one; two jobs racing lose nothing but the time to scan twice.
+
+A file is read once for both values (`inspect`), and many files are inspected in processes:
+PIL parses a small file's headers in Python, holding the GIL, so threads use about one core.
 """
 
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when an entry's meaning changes: older records are then ignored
-SLOTS = {2: "decoded", 3: "hashed"}  # an entry's computed values: the decode problem, the sha1
+SLOTS = {"problem": 2, "sha1": 3}  # where an entry [size, mtime_ns, problem, sha1] holds them
+PROCESSES_FROM = 1000  # files; below this a process pool's start costs more than it saves
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def map_files(fn: Callable[[T], R], items: Sequence[T], threads: int = 8) -> list[R]:
+    """`fn` over `items` in order: in one forked process per core for many items on Linux (where
+    DataLoader workers fork too), else in threads (also inside a daemonic worker process, which
+    may not have children). `fn` must be a module-level function."""
+    cores = cpu_count()
+    forks = sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+    if len(items) >= PROCESSES_FROM and cores > 1 and forks:
+        chunk = max(1, len(items) // (cores * 16))
+        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(fn, items, chunksize=chunk))
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
 
 
 class ScanCache:
-    def __init__(self, root: Path, folder: Path):
+    """`inspect(file)` -> (its decode problem or None, the sha1 of its bytes), remembered."""
+
+    def __init__(self, root: Path, folder: Path, inspect: Callable[[Path], tuple[str | None, str]]):
+        self.inspect = inspect
         self.root = Path(root).resolve()
         # Files are keyed relative to the root as given (absolute), sparing a realpath per file.
         self.prefix = os.path.join(os.path.abspath(root), "")
@@ -46,31 +76,31 @@ class ScanCache:
         return self.stats[name]
 
     def _current(self, path: Path) -> tuple[str, os.stat_result, list | None]:
-        name = os.path.abspath(path)
+        name = os.fspath(path)
+        if not name.startswith(self.prefix):  # relative, or outside the root as given
+            name = os.path.abspath(name)
         key = name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.prefix)
         stat = self.stat(path)
         entry = self.entries.get(key)
         fresh = entry is not None and entry[:2] == [stat.st_size, stat.st_mtime_ns]
         return key, stat, entry if fresh else None
 
-    def lookup(self, files: list[Path], slot: int, compute: Callable[[Path], str | None],
-               workers: int = 8) -> list:
-        """`compute(file)` for each file (slot 2: the decode problem, 3: the sha1), from the record
-        where the file is unchanged, else computed (in threads) and recorded."""
+    def lookup(self, files: list[Path], value: str) -> list:
+        """Each file's `value` ("problem" or "sha1"), from the record where the file is unchanged,
+        else inspected (both values at once) and recorded."""
+        slot = SLOTS[value]
         known = [self._current(f) for f in files]
         todo = [i for i, (_, _, entry) in enumerate(known) if entry is None or entry[slot] == "?"]
-        with ThreadPoolExecutor(workers) as pool:
-            computed = dict(zip(todo, pool.map(compute, [files[i] for i in todo])))
+        computed = dict(zip(todo, map_files(self.inspect, [files[i] for i in todo])))
         results = []
         for i, (key, stat, entry) in enumerate(known):
             if i in computed:
-                entry = entry or [stat.st_size, stat.st_mtime_ns, "?", "?"]
-                entry[slot] = computed[i]
+                entry = [stat.st_size, stat.st_mtime_ns, *computed[i]]
                 self.entries[key] = entry
                 self.changed = True
             results.append(entry[slot])
         if todo:
-            log.info("%s %d of %d file(s); the other %d unchanged since %s", SLOTS[slot],
+            log.info("inspected %d of %d file(s) (decoded, digested); the other %d unchanged since %s",
                      len(todo), len(files), len(files) - len(todo), self.path)
         return results
 
@@ -88,6 +118,3 @@ class ScanCache:
             log.warning("the scan of %s was not recorded in %s (%s)", self.root, self.path, err)
         self.changed = False
 
-
-def sha1(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()

@@ -257,7 +257,7 @@ def identical_files(folders: dict[str, list[Path]], scan=None) -> list[str]:
     `transferlab.data.scan.ScanCache`): the digests of files unchanged since an earlier run."""
     every = [(split, path) for split, files in folders.items() for path in files]
     paths = [path for _, path in every]
-    digests = (scan.lookup(paths, 3, _sha1) if scan is not None else [_sha1(p) for p in paths])
+    digests = scan.lookup(paths, "sha1") if scan is not None else [_sha1(p) for p in paths]
     first: dict[object, tuple[str, Path]] = {}
     linked, copies = [], []
     for (split, path), content in zip(every, digests):

@@ -79,6 +79,17 @@ def vit_body(net: tvm.VisionTransformer) -> Stages:
     return {"stem": stem} | {f"block{i}": [layer] for i, layer in enumerate(net.encoder.layers, 1)}
 
 
+def pool_into_head(net: nn.Module) -> str:
+    """VGG / AlexNet with `pre_logits=drop`: global average pooling of the last conv's channels
+    straight into the head, in place of the ImageNet-shaped MLP (VGG16: 120M of its 138M
+    parameters). At small inputs that MLP sees the last map copied to 7x7, so each of its input
+    weights is trained 49 times over: a scratch VGG16-bn at 32 px diverged at LR 0.01."""
+    channels = [m.out_channels for m in net.features.modules() if isinstance(m, nn.Conv2d)][-1]
+    net.avgpool = nn.AdaptiveAvgPool2d(1)
+    net.classifier = nn.Linear(channels, 1)  # replaced by the new head
+    return "classifier"
+
+
 def mnasnet_body(net: tvm.MNASNet) -> Stages:
     # Three conv-BN(-ReLU) layers, six stacks of blocks, a 1x1 conv-BN-ReLU.
     layers = list(net.layers)
@@ -105,14 +116,15 @@ class Family:
     build_args: dict = field(default_factory=dict)  # constructor arguments it always gets
     unused_weights: tuple[str, ...] = ()  # pretrained tensors (prefixes) this build lacks
     size_hint: str = ""  # appended to the "cannot take NxN images" error; {name}, {size} filled
+    drop_pre_logits: Callable[[nn.Module], str] | None = None  # pre_logits=drop; returns the head's path
 
 
 _AUXLESS = {"aux_logits": False, "transform_input": True, "init_weights": True}
 
 FAMILIES: dict[type, Family] = {
     tvm.ResNet: Family(body=resnet_body),
-    tvm.VGG: Family(body=lambda net: split_at_pools(net.features)),
-    tvm.AlexNet: Family(body=lambda net: split_at_pools(net.features)),
+    tvm.VGG: Family(body=lambda net: split_at_pools(net.features), drop_pre_logits=pool_into_head),
+    tvm.AlexNet: Family(body=lambda net: split_at_pools(net.features), drop_pre_logits=pool_into_head),
     # A 1x1 conv is its classifier: one output channel per class, then pooling.
     tvm.SqueezeNet: Family(body=lambda net: split_at_pools(net.features), head="classifier.1"),
     tvm.DenseNet: Family(body=densenet_body),
@@ -233,9 +245,11 @@ def fresh_layer_like(old: nn.Module, outputs: int) -> nn.Module:
 class TorchvisionBackbone(TorchvisionWeights):
     """Any model of `torchvision.models.list_models(module=torchvision.models)`, built with
     `get_model` (random weights; the `init` group decides the start) and a new head for
-    `num_classes`. Extra arguments go to the constructor, e.g. `+backbone.image_size=64` for ViT."""
+    `num_classes`. Extra arguments go to the constructor, e.g. `+backbone.image_size=64` for ViT.
+    `pre_logits="drop"` removes the layers between the body and the head where the family has a
+    rule for it (VGG, AlexNet); their pretrained tensors then go unused."""
 
-    def __init__(self, name: str, num_classes: int, **kwargs):
+    def __init__(self, name: str, num_classes: int, pre_logits: str = "keep", **kwargs):
         known = torchvision_models()
         if name not in known:
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
@@ -244,12 +258,26 @@ class TorchvisionBackbone(TorchvisionWeights):
                 f"unknown backbone {name!r}: not a torchvision classification model{hint} "
                 "(transferlab-backbones lists them; backbone=timm takes timm models)"
             )
+        if pre_logits not in ("keep", "drop"):
+            raise ConfigError(f"backbone.pre_logits={pre_logits!r}: choose keep or drop")
         self.name = name
         self.family = family_of(builder_class(name))
         self.net = torchvision.models.get_model(name, weights=None, **self.family.build_args | kwargs)
         self.family = family_of(type(self.net))
-        self.head_path = self.family.head or self._last_linear()
+        if pre_logits == "drop":
+            self.head_path = self._drop_pre_logits()
+        else:
+            self.head_path = self.family.head or self._last_linear()
         self.net.set_submodule(self.head_path, fresh_layer_like(self.head, num_classes))
+
+    def _drop_pre_logits(self) -> str:
+        drop = self.family.drop_pre_logits
+        if drop is None:
+            raise ConfigError(
+                f"backbone.pre_logits=drop: {self.name} ({type(self.net).__name__}) has no rule for it; "
+                "VGG and AlexNet have one (their MLP between the conv body and the head)"
+            )
+        return drop(self.net)
 
     def _last_linear(self) -> str:
         linears = [n for n, m in self.net.named_modules() if isinstance(m, nn.Linear)]

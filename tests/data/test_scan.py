@@ -85,3 +85,21 @@ def test_processes_and_threads_find_the_same(tmp_path, monkeypatch, processes_fr
     assert [f.name for f, (problem, _) in zip(files, found) if problem] == ["broken.png", "empty.png"]
     assert found[files.index(root / "train" / "dogs" / "empty.png")][1] == hashlib.sha1(b"").hexdigest()
     assert [digest for _, digest in found] == [hashlib.sha1(f.read_bytes()).hexdigest() for f in files]
+
+
+def test_an_unreadable_file_is_bad_now_and_asked_again_next_run(tmp_path, monkeypatch):
+    """A file the run may not read is named as bad, and not remembered as bad: a chmod does not
+    change its mtime, so a remembered verdict would outlive the fix."""
+    root = make_image_folder(tmp_path / "data")
+    locked = root / "train" / "dogs" / "0.png"
+
+    def denied(path, real=images.inspect_file):
+        if path == locked:
+            return f"PermissionError: [Errno 13] Permission denied: '{path}'", "?"
+        return real(path)
+
+    monkeypatch.setattr(sampling, "inspect_file", denied)
+    with pytest.raises(BadFilesError, match="PermissionError"):
+        setup(root, tmp_path / "cache")
+    monkeypatch.setattr(sampling, "inspect_file", images.inspect_file)  # the permission fixed
+    assert len(setup(root, tmp_path / "cache").train_set) == 12

@@ -96,8 +96,9 @@ class ScanCache:
         for i, (key, stat, entry) in enumerate(known):
             if i in computed:
                 entry = [stat.st_size, stat.st_mtime_ns, *computed[i]]
-                self.entries[key] = entry
-                self.changed = True
+                if entry[3] != "?":  # an unreadable file (permissions) is asked again next run
+                    self.entries[key] = entry
+                    self.changed = True
             results.append(entry[slot])
         if todo:
             log.info("inspected %d of %d file(s) (decoded, digested); the other %d unchanged since %s",

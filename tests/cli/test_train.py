@@ -66,6 +66,8 @@ def test_train_on_real_ants_bees(hymenoptera, tmp_path):
     (["data.root={tmp}/nowhere", "data.download_url=null"], "{tmp}/nowhere/train"),
     (["data.root={data}", "model.num_classes=5"], "model.num_classes=5 but"),
     (["data.root={data}", "+trainer.max_epoch=1"], "trainer.max_epoch (did you mean max_epochs"),
+    # A constructor's refusal, which Hydra wraps: the refusal is the reason, not the wrapper.
+    (["data.root={data}", "backbone.pre_logits=drop"], "ConfigError: backbone.pre_logits=drop: resnet18"),
 ])
 def test_failure_before_training_is_recorded_and_explained(hymenoptera, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, data=hymenoptera) for a in args]
@@ -77,7 +79,7 @@ def test_failure_before_training_is_recorded_and_explained(hymenoptera, tmp_path
     closing = out[out.index("run failed:"):]
     assert "status      failed" in closing and message in closing
     assert f"log         {run_dir.relative_to(tmp_path)}/train.log" in closing
-    assert "Traceback" not in out  # the message is the whole story
+    assert "Traceback" not in out and "Error executing job" not in out  # the message is the whole story
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
     # How the run was asked for is on record even so: the sweep report reads only this file.

@@ -17,7 +17,7 @@ from transferlab.config import config_dir
 from transferlab.console import shown
 from transferlab.errors import ConfigError, DataError
 
-__all__ = ["USER_ERRORS", "closing", "config_dir", "finished_run", "shown", "stop", "user_errors"]
+__all__ = ["USER_ERRORS", "closing", "config_dir", "finished_run", "shown", "stop", "unwrapped", "user_errors"]
 
 log = logging.getLogger("transferlab")
 # A log file on a full disk: its failed writes are not the story (Python's production setting:
@@ -62,6 +62,15 @@ def stop(err: BaseException, mode: RunMode = RunMode.RUN,
     raise err
 
 
+def unwrapped(err: BaseException, also: tuple[type[BaseException], ...] = ()) -> BaseException:
+    """A config's constructor that refuses its arguments: Hydra wraps the refusal, whose own
+    message is the story."""
+    cause = err.__cause__
+    if isinstance(err, InstantiationException) and isinstance(cause, (*USER_ERRORS, *also)):
+        return cause
+    return err
+
+
 @contextmanager
 def user_errors(mode: RunMode = RunMode.RUN,
                 also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
@@ -69,9 +78,7 @@ def user_errors(mode: RunMode = RunMode.RUN,
     try:
         yield
     except (*USER_ERRORS, *also, InstantiationException) as raised:
-        # A config's constructor that refuses its arguments: Hydra wraps the refusal, whose own
-        # message is the story.
-        err = raised.__cause__ if isinstance(raised, InstantiationException) else raised
+        err = unwrapped(raised, also)
         if not isinstance(err, (*USER_ERRORS, *also)):
             raise
         log.error("%s", err)

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab.cli.common import closing, config_dir, shown, stop, user_errors
+from transferlab.cli.common import closing, config_dir, shown, stop, unwrapped, user_errors
 from transferlab.errors import ConfigError
 from transferlab.summary import read_summary, test_metric, update_summary, write_config
 
@@ -177,6 +177,7 @@ def outcome(run_dir: Path, seconds: float, reason: str | None,
 
 def failed(err: BaseException, cfg: DictConfig, run_dir: Path, start: float) -> None:
     """Record and explain a run that ended early, then stop as the exit policy says."""
+    err = unwrapped(err)
     if isinstance(err, (KeyboardInterrupt, SystemExit)):  # Lightning exits 1 on Ctrl-C
         resumable = (run_dir / "checkpoints" / "last.ckpt").is_file()
         reason = "interrupted; " + (

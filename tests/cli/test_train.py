@@ -153,6 +153,15 @@ def test_answers_without_loading_torch(tmp_path, command, args):
     assert "heavy modules: []" in result.stdout, console(result)[-2000:]
 
 
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_help_says_what_the_command_takes_not_the_training_groups(tmp_path, command):
+    result = subprocess.run([sys.executable, "-m", f"transferlab.cli.{command}", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith(f"transferlab-{command}: "), result.stdout[:500]
+    assert "run          the run dir of transferlab-train (required)" in result.stdout
+    assert "augment:" not in result.stdout  # Hydra's default help lists every group of conf/
+
+
 def test_ddp_inside_a_multirun_is_refused_with_a_clear_message(tmp_path):
     result = run_cli(
         "transferlab-train", "-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "seed=0,1",

@@ -45,7 +45,7 @@ from transferlab.callbacks import NonFiniteLossGuard
 from transferlab.console import quiet_libraries
 from transferlab.data.classification import ImageFolderDataModule, resize_side
 from transferlab.data.sampling import spare_cores
-from transferlab.devices import native_bf16
+from transferlab.devices import cpu_cores, native_bf16
 from transferlab.fast import FastTraining, fast_precision
 from transferlab.modules.classification import ClassificationModule
 from transferlab.modules.segmentation import BCEDiceLoss, SegmentationModule
@@ -377,7 +377,7 @@ def device_decode_rate(args, workers: int) -> float:
 def loaders(args) -> dict:
     """The loaders alone (no model): what the JPEG path can feed, and what more workers or pinned
     memory change. Same workers and pinning on both sides per row."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_cores()
     settings = [(args.workers, args.cuda)]
     if cores != args.workers:
         settings.append((cores, args.cuda))  # every core, against auto's "all but one, at most 8"
@@ -927,7 +927,7 @@ def settle(args) -> None:
     args.out = args.out.resolve() if args.out else None
     args.data = args.data.expanduser().resolve()
     # Enough files for the longest JPEG window (every core's workers) in one epoch.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_cores()
     args.train_count = max(sum(jpeg_window(args, w)) + 1 for w in (args.workers, cores)) * args.batch
     args.folder = jpeg_folder(args.data, args.work / "jpegs", args.train_count)
     args.classes = len(class_files(args.folder / "train"))

@@ -50,6 +50,8 @@ def segmentation_run(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _torch_threads():
     torch.set_num_threads(2)
+
+
 @pytest.fixture
 def seeded():
     """torch's global RNG seeded for this test only: the same weights and random draws whatever
@@ -57,5 +59,3 @@ def seeded():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         yield
-
-

@@ -1,9 +1,17 @@
-"""The one way a device is named (`device=` of the commands, `trainer.accelerator` of training)
-and what this machine's devices compute natively. torch loads only when a device is resolved."""
+"""The one way a device is named (`device=` of the commands, `trainer.accelerator` of training),
+the CPU cores a process may use, and what this machine's devices compute natively. torch loads only when a device is resolved."""
+
+import os
 
 from transferlab.errors import ConfigError
 
 CHOICES = "auto, cpu, cuda (or gpu), cuda:N"
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one: a container's or
+    a SLURM job's share, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve(name: str | None, key: str = "device", fix: str | None = None) -> str | None:

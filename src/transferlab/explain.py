@@ -17,10 +17,9 @@ refused by name.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import logging
 
 import numpy as np
 import torch

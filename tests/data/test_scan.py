@@ -80,7 +80,7 @@ def test_processes_and_threads_find_the_same(tmp_path, monkeypatch, processes_fr
     (root / "train" / "dogs" / "empty.png").write_bytes(b"")
     files = sorted(root.rglob("*.png"))
     monkeypatch.setattr(scan, "PROCESSES_FROM", processes_from)
-    monkeypatch.setattr(scan, "cpu_count", lambda: 2)
+    monkeypatch.setattr(scan, "cpu_cores", lambda: 2)
     found = scan.map_files(images.inspect_file, files)
     assert [f.name for f, (problem, _) in zip(files, found) if problem] == ["broken.png", "empty.png"]
     assert found[files.index(root / "train" / "dogs" / "empty.png")][1] == hashlib.sha1(b"").hexdigest()

@@ -13,7 +13,7 @@ from tests.support.modules import STRATEGY, quiet_trainer
 from transferlab.data.segmentation import SegmentationFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.models.init import HeInit, Pretrained
-from transferlab.models.backbones import UNetBackbone
+from transferlab.models.backbones import TorchvisionBackbone, UNetBackbone
 from transferlab.models.unet import UNet
 from transferlab.modules.segmentation import SegmentationModule
 from transferlab.freeze import is_frozen
@@ -145,6 +145,21 @@ def test_weights_path_accepts_a_transferlab_unet_checkpoint(tmp_path):
     for key, value in backbone.net.state_dict().items():
         if not key.startswith("segmentation_head."):  # a new head: the class count may differ
             assert torch.equal(value, trained.state_dict()[key]), key
+
+
+def test_a_vgg16_bn_classifier_without_its_4096_wide_layers_loads_into_the_encoder(tmp_path):
+    """experiment=cifar10_source_vgg16_bn's run (backbone.pre_logits=drop: its classifier is one
+    512-wide head) is a source for the lung U-Net: every conv and BatchNorm tensor lands."""
+    source = TorchvisionBackbone("vgg16_bn", 10, pre_logits="drop").net
+    path = tmp_path / "source.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}}, path)
+    backbone = UNetBackbone(num_classes=2)
+    Pretrained(weights_path=str(path))(backbone)
+    own = backbone.net.state_dict()
+    features = {k: v for k, v in source.state_dict().items() if k.startswith("features.")}
+    assert len(features) == len([k for k in own if k.startswith("encoder.")])
+    for key, value in features.items():
+        assert torch.equal(own[f"encoder.{key}"], value), key
 
 
 def test_weights_of_another_architecture_say_which_keys(tmp_path):

@@ -51,3 +51,14 @@ def test_the_sweep_start_measurement_times_both_jobs(image_folder, tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("| job ")]
     assert len(rows) == 3 and all(float(r.split("|")[3]) > 0 for r in rows), done.stdout
     assert "inspected" not in (tmp_path / "sweep" / "1" / "train.log").read_text()
+
+
+def test_the_scan_measurement_compares_threads_and_processes(image_folder, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS[0].parent / "bench.py"), "--only", "scan", "--data", str(image_folder),
+         "--cifar", str(image_folder), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| ants/bees", "| CIFAR-10"))]
+    assert len(rows) == 3 and all(r.rstrip(" |").endswith("x") for r in rows), done.stdout

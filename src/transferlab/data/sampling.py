@@ -6,7 +6,6 @@ uninterrupted run sees, whatever the number of DataLoader workers.
 """
 
 import logging
-import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from transferlab.data.mixing import NoMixing
 from transferlab.data.scan import ScanCache
 from transferlab.data.images import check_policy, inspect_file
 from transferlab.data.splits import SPLITS, Item, SplitSettings, describe, record, split_files
+from transferlab.devices import cpu_cores
 from transferlab.errors import ConfigError
 from transferlab.normalization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -124,8 +124,7 @@ def split_folders(folders: dict | None) -> dict[str, str | None]:
 
 def spare_cores() -> int:
     """Loader processes that do not take a core from the model: one per core but one, 1 to 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    return max(1, min(8, cpu_cores() - 1))
 
 
 class SeededLoaders(L.LightningDataModule):

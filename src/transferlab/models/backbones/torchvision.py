@@ -83,7 +83,7 @@ def pool_into_head(net: nn.Module) -> str:
     """VGG / AlexNet with `pre_logits=drop`: global average pooling of the last conv's channels
     straight into the head, in place of the ImageNet-shaped MLP (VGG16: 120M of its 138M
     parameters). At small inputs that MLP sees the last map copied to 7x7, so each of its input
-    weights is trained 49 times over: a scratch VGG16-bn at 32 px diverged at LR 0.01."""
+    weights is trained 49 times over: a scratch VGG16-bn at 32 px stayed at chance at LR 0.01."""
     channels = [m.out_channels for m in net.features.modules() if isinstance(m, nn.Conv2d)][-1]
     net.avgpool = nn.AdaptiveAvgPool2d(1)
     net.classifier = nn.Linear(channels, 1)  # replaced by the new head
